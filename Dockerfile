@@ -1,0 +1,22 @@
+# AWS Lambda container image for the breast-ultrasound classifier (serving world only:
+# LiteRT + Pillow + NumPy, no TensorFlow).
+#   docker build -t busi-classifier .                       # model from artifacts/model
+#   docker build --build-arg MODEL_DIR=path/to/model -t busi-classifier .
+#   docker run --rm -p 9000:8080 busi-classifier
+#   python test.py some.png
+# ai-edge-litert wheels need glibc >= 2.27: python:3.12 (Amazon Linux 2023) or newer.
+FROM public.ecr.aws/lambda/python:3.12
+
+COPY requirements.txt ${LAMBDA_TASK_ROOT}/
+RUN pip install --no-cache-dir -r ${LAMBDA_TASK_ROOT}/requirements.txt --target ${LAMBDA_TASK_ROOT}
+
+# The model: model.tflite with its model.json (classes, input size, version).
+ARG MODEL_DIR=artifacts/model
+COPY ${MODEL_DIR}/model.tflite ${MODEL_DIR}/model.json ${LAMBDA_TASK_ROOT}/model/
+ENV MODEL_PATH=${LAMBDA_TASK_ROOT}/model/model.tflite
+
+# The serving modules only (tests check this list covers everything lambda_function imports).
+COPY busi_classifier/__init__.py busi_classifier/config.py busi_classifier/preprocessing.py busi_classifier/inference.py busi_classifier/handler.py ${LAMBDA_TASK_ROOT}/busi_classifier/
+COPY lambda_function.py ${LAMBDA_TASK_ROOT}/
+
+CMD ["lambda_function.lambda_handler"]

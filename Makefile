@@ -1,0 +1,37 @@
+# Quick start:  make demo   (setup + synthetic data + train + export + invoke the handler)
+#               make test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_DATA := data/synthetic
+DEMO_OUT  := artifacts/model
+
+.PHONY: setup demo test test-fast lint clean
+
+setup: $(STAMP)
+
+# Idempotent: reinstalls only when pyproject.toml or requirements.txt change.
+$(STAMP): pyproject.toml requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e ".[train,dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m busi_classifier synthesize --out $(DEMO_DATA) --per-class 60 --seed 0
+	$(BIN)/python train.py --data $(DEMO_DATA) --out $(DEMO_OUT) --weights none \
+		--image-size 128 --epochs-head 8 --epochs-fine-tune 0 --batch-size 16
+	$(BIN)/python -m busi_classifier invoke --model $(DEMO_OUT)/model.tflite --data $(DEMO_DATA) --per-class 2
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf artifacts $(DEMO_DATA) .pytest_cache

@@ -1,0 +1,90 @@
+"""`python -m busi_classifier COMMAND`: synthesize | train | invoke."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def synthesize_main(argv) -> int:
+    from .synthetic import main
+
+    return main(argv) or 0
+
+
+def invoke_main(argv) -> int:
+    """Run lambda_function.lambda_handler in this process on a few images of each class,
+    through every event shape, and print the answers (what `make demo` shows)."""
+    p = argparse.ArgumentParser(prog="python -m busi_classifier invoke", description=invoke_main.__doc__)
+    p.add_argument("--model", default="artifacts/model/model.tflite", help="path of model.tflite")
+    p.add_argument("--data", required=True, help="dataset folder in the BUSI layout")
+    p.add_argument("--per-class", type=int, default=2)
+    args = p.parse_args(argv)
+
+    os.environ["MODEL_PATH"] = str(Path(args.model).resolve())
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import lambda_function
+
+    from .dataset import DatasetError, read_dataset
+    from .events import direct_event, http_v2_event, rest_v1_event
+
+    if lambda_function.PREDICTOR is None:
+        print(f"error: {lambda_function.LOAD_ERROR}", file=sys.stderr)
+        return 1
+    try:
+        samples = read_dataset(args.data)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    handler = lambda_function.lambda_handler
+
+    def show(kind: str, answer: dict) -> None:
+        status = answer.get("statusCode", 200)
+        body = json.loads(answer["body"]) if "body" in answer else answer
+        print(f"  {kind:<28} -> {status} {json.dumps(body)}")
+
+    print("GET /health")
+    show("REST API (1.0)", handler(rest_v1_event("GET", "/health"), None))
+    show("HTTP API (2.0)", handler(http_v2_event("GET", "/health"), None))
+    correct = total = 0
+    for label in lambda_function.PREDICTOR.classes:
+        for sample in [s for s in samples if s.label == label][: args.per_class]:
+            data = sample.path.read_bytes()
+            print(f"{sample.path.name} (true: {label})")
+            answers = {
+                "direct {image}": handler(direct_event(data), None),
+                "REST API (1.0) JSON body": handler(rest_v1_event("POST", "/predict", {"image": direct_event(data)["image"]}), None),
+                "HTTP API (2.0) raw PNG body": handler(http_v2_event("POST", "/predict", raw=data), None),
+            }
+            for kind, answer in answers.items():
+                show(kind, answer)
+            total += 1
+            correct += answers["direct {image}"].get("prediction") == label
+    print("bad input:")
+    show("REST API, body not an image", handler(rest_v1_event("POST", "/predict", raw=b"hello"), None))
+    show("direct, missing image", handler({"picture": "x"}, None))
+    print(f"{correct}/{total} shown images predicted correctly")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"synthesize": synthesize_main, "invoke": invoke_main}
+    if not argv or argv[0] in ("-h", "--help") or (argv[0] not in commands and argv[0] != "train"):
+        print("usage: python -m busi_classifier {synthesize,train,invoke} [options]\n"
+              "  synthesize  write a synthetic dataset in the BUSI layout\n"
+              "  train       same as train.py\n"
+              "  invoke      run the Lambda handler on a few images through every event shape")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] == "train":
+        from .cli import train_main
+
+        return train_main(argv[1:])
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

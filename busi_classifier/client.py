@@ -1,0 +1,418 @@
+"""Command-line client: send one ultrasound image to the classifier and print the answer.
+
+Used through the top-level ``test.py`` (``python test.py IMAGE [options]``). Three ways
+to reach the model:
+
+* the local Lambda runtime interface emulator (default), i.e. the container started
+  with ``docker run -p 9000:8080 IMAGE``;
+* an API Gateway stage URL (``--endpoint https://.../prod``): POST to ``.../predict``;
+* a deployed Lambda function invoked directly through boto3 (``--function NAME``).
+
+The request body is always ``{"image": "<base64 of the file bytes>"}``. Only the
+standard library is imported at module level; boto3 is imported lazily when
+``--function`` is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import socket
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ENDPOINT = "http://localhost:9000/2015-03-31/functions/function/invocations"
+DEFAULT_TIMEOUT = 60.0
+EMULATOR_PATH_MARKER = "/2015-03-31/functions/"
+PREDICT_PATH = "/predict"
+USER_AGENT = "busi-classifier-client/0.1"
+
+# A synchronous Lambda invocation accepts at most 6 MB of request payload (API Gateway
+# 10 MB); base64 grows the image by a third. Larger payloads are still sent, with a
+# warning, so that the server's own answer is shown.
+LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024
+
+DOCKER_HINT = "is the container running? docker run -p 9000:8080 IMAGE"
+
+
+class ClientError(Exception):
+    """A failure with a message meant for the user (printed without traceback)."""
+
+
+class ErrorAnswer(Exception):
+    """The server answered, but with an error; ``answer`` is printed as JSON."""
+
+    def __init__(self, message: str, answer: Any):
+        super().__init__(message)
+        self.answer = answer
+
+
+# --------------------------------------------------------------------------- image
+
+
+def is_url(source: str) -> bool:
+    return urllib.parse.urlsplit(source).scheme.lower() in ("http", "https")
+
+
+def read_image(source: str, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+    """Bytes of a local image file, or of an http(s) URL downloaded with ``timeout``."""
+    if is_url(source):
+        data = _download(source, timeout)
+    else:
+        if "://" in source:
+            scheme = source.split("://", 1)[0]
+            raise ClientError(
+                f"unsupported URL scheme {scheme!r} in {source}: use a local file "
+                "or an http(s) URL"
+            )
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise ClientError(f"image file not found: {source}")
+        if path.is_dir():
+            raise ClientError(f"image path is a directory, not a file: {source}")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read image file {source}: {exc.strerror or exc}") from None
+    if not data:
+        raise ClientError(f"image is empty (0 bytes): {source}")
+    return data
+
+
+def _download(url: str, timeout: float) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        raise ClientError(
+            f"could not download image {url}: HTTP {exc.code} {exc.reason}"
+        ) from None
+    except TimeoutError:
+        raise ClientError(f"could not download image {url}: timed out after {timeout:g} s") from None
+    except urllib.error.URLError as exc:
+        raise ClientError(f"could not download image {url}: {_reason(exc.reason, timeout)}") from None
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"could not download image {url}: {exc}") from None
+
+
+def build_payload(image_bytes: bytes) -> dict:
+    """The request body the handler expects."""
+    return {"image": base64.b64encode(image_bytes).decode("ascii")}
+
+
+# --------------------------------------------------------------------------- transport
+
+
+def resolve_url(endpoint: str) -> str:
+    """The URL to POST to.
+
+    An emulator / Lambda invoke URL (containing ``/2015-03-31/functions/``) is used as
+    is; anything else is an API Gateway stage or base URL and gets ``/predict``
+    appended (unless it already ends with it).
+    """
+    endpoint = endpoint.strip()
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ClientError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+    if EMULATOR_PATH_MARKER in parts.path:
+        return endpoint
+    path = parts.path.rstrip("/")
+    if not path.endswith(PREDICT_PATH):
+        path += PREDICT_PATH
+    return urllib.parse.urlunsplit(parts._replace(path=path))
+
+
+def post_json(url: str, payload: dict, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """POST ``payload`` as JSON and return the decoded JSON answer.
+
+    Raises ``ErrorAnswer`` for an HTTP 4xx/5xx whose body is JSON (API Gateway error
+    answers), ``ClientError`` for everything else that goes wrong.
+    """
+    data = json.dumps(payload).encode("utf-8")
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        try:
+            body = exc.read()
+        except OSError:
+            body = b""
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise ClientError(
+                f"{url} answered HTTP {exc.code} {exc.reason}: {_snippet(body)}"
+            ) from None
+        raise ErrorAnswer(f"{url} answered HTTP {exc.code} {exc.reason}", answer) from None
+    except TimeoutError:
+        raise ClientError(
+            f"request to {url} timed out after {timeout:g} s (raise it with --timeout)"
+        ) from None
+    except urllib.error.URLError as exc:
+        raise ClientError(_unreachable_message(url, exc.reason, timeout)) from None
+    except (ConnectionError, OSError) as exc:
+        raise ClientError(_unreachable_message(url, exc, timeout)) from None
+    return _decode_json(body, f"answer from {url} (HTTP {status})")
+
+
+def invoke_function(
+    name: str, payload: dict, region: str | None = None, timeout: float | None = None
+) -> Any:
+    """Invoke a deployed Lambda function synchronously through boto3."""
+    try:
+        import boto3  # lazy: only this path needs it
+    except ImportError:
+        raise ClientError(
+            "--function needs boto3, which is not installed: pip install boto3"
+        ) from None
+
+    kwargs: dict[str, Any] = {"region_name": region}
+    config = _botocore_config(timeout)
+    if config is not None:
+        kwargs["config"] = config
+    try:
+        client = boto3.client("lambda", **kwargs)
+        response = client.invoke(
+            FunctionName=name,
+            InvocationType="RequestResponse",
+            Payload=json.dumps(payload).encode("utf-8"),
+        )
+        raw = response["Payload"].read()
+    except Exception as exc:  # botocore raises many unrelated classes; all end here
+        raise ClientError(_boto_message(name, exc)) from None
+
+    answer = _decode_json(raw, f"answer from function {name}")
+    function_error = response.get("FunctionError")
+    if function_error:
+        raise ErrorAnswer(f"function {name} failed ({function_error})", answer)
+    return answer
+
+
+def _botocore_config(timeout: float | None):
+    if timeout is None:
+        return None
+    try:
+        from botocore.config import Config
+    except ImportError:
+        return None
+    return Config(connect_timeout=timeout, read_timeout=timeout)
+
+
+def _boto_message(name: str, exc: Exception) -> str:
+    kind = type(exc).__name__
+    text = " ".join(str(exc).split()) or kind
+    if kind == "NoCredentialsError":
+        return (
+            f"cannot invoke function {name}: no AWS credentials found "
+            "(run `aws configure` or set AWS_PROFILE / AWS_ACCESS_KEY_ID)"
+        )
+    if kind == "NoRegionError":
+        return f"cannot invoke function {name}: no AWS region set (use --region or AWS_DEFAULT_REGION)"
+    return f"cannot invoke function {name}: {kind}: {text}"
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def unwrap_response(obj: Any) -> Any:
+    """The handler's answer, unwrapping an API-Gateway-shaped ``{statusCode, body}``."""
+    if not (isinstance(obj, dict) and "statusCode" in obj and "body" in obj):
+        return obj
+    body = obj["body"]
+    if isinstance(body, str):
+        if obj.get("isBase64Encoded"):
+            try:
+                body = base64.b64decode(body).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                raise ClientError("answer body is marked base64 but is not decodable") from None
+        body = _decode_json(body.encode("utf-8"), f"answer body (statusCode {obj['statusCode']})")
+    return body
+
+
+def is_prediction(answer: Any) -> bool:
+    return isinstance(answer, dict) and "prediction" in answer and "error" not in answer
+
+
+def summarize_error(answer: Any) -> str:
+    """A one-line description of an error answer."""
+    if isinstance(answer, dict):
+        error = answer.get("error")
+        if isinstance(error, dict):
+            code = error.get("code")
+            message = error.get("message")
+            return ": ".join(str(part) for part in (code, message) if part) or "error"
+        if error:
+            return str(error)
+        if "errorMessage" in answer:  # unhandled exception reported by the Lambda runtime
+            kind = answer.get("errorType")
+            return f"{kind}: {answer['errorMessage']}" if kind else str(answer["errorMessage"])
+        if "message" in answer:  # API Gateway's own errors, e.g. {"message": "Forbidden"}
+            return str(answer["message"])
+    return "the answer holds no prediction"
+
+
+def _decode_json(raw: bytes, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ClientError(f"{what} is not JSON: {_snippet(raw)}") from None
+
+
+def _snippet(raw: bytes, limit: int = 200) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    text = " ".join(text.split())
+    if not text:
+        return "(empty body)"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _reason(reason: Any, timeout: float) -> str:
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"timed out after {timeout:g} s"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason)
+
+
+def _unreachable_message(url: str, reason: Any, timeout: float) -> str:
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"request to {url} timed out after {timeout:g} s (raise it with --timeout)"
+    message = f"cannot reach {url}: {_reason(reason, timeout)}"
+    if EMULATOR_PATH_MARKER in url:
+        message += f" ({DOCKER_HINT})"
+    elif isinstance(reason, ConnectionRefusedError):
+        message += " (is the server running and the --endpoint URL right?)"
+    return message
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+EPILOG = f"""\
+examples:
+  # local container (Lambda runtime interface emulator on port 9000)
+  docker run --rm -p 9000:8080 busi-classifier
+  python test.py scan.png
+
+  # an image from the web
+  python test.py https://example.org/scan.png
+
+  # through API Gateway (POSTs to <stage URL>/predict)
+  python test.py scan.png --endpoint https://abc123.execute-api.eu-west-1.amazonaws.com/prod
+
+  # invoke the deployed function directly (needs boto3 and AWS credentials)
+  python test.py scan.png --function busi-classifier --region eu-west-1
+
+The answer is printed as JSON. Exit code 0 when it holds a prediction, 1 otherwise.
+Default endpoint: {DEFAULT_ENDPOINT}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="test.py",
+        description=(
+            "Send a breast-ultrasound image to the classifier (normal / benign /\n"
+            'malignant) and print its answer. The image is sent as {"image": "<base64>"}\n'
+            "to the local Lambda container (default), an API Gateway URL (--endpoint)\n"
+            "or a deployed Lambda function (--function)."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("image", help="path of a local image file, or an http(s) URL to download")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        help="URL to POST to: a Lambda emulator URL (containing /2015-03-31/functions/) is "
+        "used as is; any other URL is an API Gateway stage/base URL and gets /predict "
+        "appended (default: %(default)s)",
+    )
+    target.add_argument(
+        "--function",
+        metavar="NAME",
+        help="invoke this deployed Lambda function (name or ARN) directly with boto3 "
+        "instead of HTTP",
+    )
+    parser.add_argument(
+        "--region", help="AWS region for --function (default: from the AWS configuration)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="network timeout for the download and the request (default: %(default)g)",
+    )
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        image_bytes = read_image(args.image, args.timeout)
+        payload = build_payload(image_bytes)
+        size = len(payload["image"])
+        if size > LAMBDA_PAYLOAD_LIMIT:
+            print(
+                f"warning: the base64 image is {size / 2**20:.1f} MiB; Lambda accepts at "
+                f"most 6 MB per request, the call will likely be refused",
+                file=sys.stderr,
+            )
+        if args.function:
+            raw = invoke_function(args.function, payload, args.region, args.timeout)
+        else:
+            raw = post_json(resolve_url(args.endpoint), payload, args.timeout)
+        answer = unwrap_response(raw)
+    except ErrorAnswer as exc:
+        _print_json(exc.answer)
+        _error(f"{exc}: {summarize_error(exc.answer)}")
+        return 1
+    except ClientError as exc:
+        _error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+    _print_json(answer)
+    if is_prediction(answer):
+        return 0
+    _error(summarize_error(answer))
+    return 1

@@ -1,0 +1,98 @@
+"""Keras ResNet50 transfer-learning model: raw RGB 0..255 in, class probabilities out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+from .config import CLASSES, ConfigError, TrainConfig
+
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+WEIGHTS_FILE_HINT = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be obtained or loaded."""
+
+
+@keras.saving.register_keras_serializable(package="busi_classifier")
+class ResNet50Preprocess(layers.Layer):
+    """keras.applications.resnet50.preprocess_input as a layer ("caffe" mode: RGB->BGR,
+    ImageNet mean subtracted). Inside the model, so no caller ever normalises."""
+
+    def call(self, inputs):
+        bgr = ops.flip(ops.cast(inputs, "float32"), axis=-1)
+        return bgr - ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype="float32")
+
+
+def is_pretrained(weights: str) -> bool:
+    return weights.lower() != "none"
+
+
+def build_base(weights: str, image_size: int) -> keras.Model:
+    """ResNet50 without its top, from ImageNet, from a weights file, or random ("none")."""
+    shape = (image_size, image_size, 3)
+    if weights.lower() == "none":
+        return keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape)
+    if weights.lower() == "imagenet":
+        try:
+            return keras.applications.ResNet50(include_top=False, weights="imagenet", input_shape=shape)
+        except Exception as exc:
+            raise WeightsError(
+                "could not download the ImageNet weights for ResNet50 "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).\n"
+                "  Without internet, either train from random initialisation:  --weights none\n"
+                f"  or give a local weights file:  --weights PATH/TO/{WEIGHTS_FILE_HINT}\n"
+                "  (Keras also reads it from ~/.keras/models/ if it was downloaded before.)"
+            ) from None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file not found: {path} (--weights takes 'imagenet', 'none' or a path to {WEIGHTS_FILE_HINT})"
+        )
+    try:
+        return keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=shape)
+    except Exception as exc:
+        raise WeightsError(
+            f"could not load weights from {path}: {type(exc).__name__}: {str(exc)[:300]} "
+            f"(expected ResNet50 no-top weights such as {WEIGHTS_FILE_HINT})"
+        ) from None
+
+
+def build_model(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
+    """(model, base). With pretrained weights the base runs in inference mode (its
+    BatchNorm statistics are kept even when layers are unfrozen for fine-tuning)."""
+    base = build_base(config.weights, config.image_size)
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+    x = ResNet50Preprocess(name="resnet50_preprocess")(inputs)
+    x = base(x, training=False) if is_pretrained(config.weights) else base(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(config.dropout, name="dropout")(x)
+    outputs = layers.Dense(len(CLASSES), activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="busi_resnet50"), base
+
+
+def freeze_base(base: keras.Model) -> None:
+    base.trainable = False
+
+
+def unfreeze_top(base: keras.Model, first_layer: str) -> int:
+    """Unfreeze the base from ``first_layer`` on; BatchNorm layers stay frozen.
+    Returns the number of unfrozen layers."""
+    names = [layer.name for layer in base.layers]
+    if first_layer not in names:
+        raise ConfigError(f"--fine-tune-from {first_layer!r} is not a ResNet50 layer (e.g. conv5_block1_1_conv)")
+    start = names.index(first_layer)
+    base.trainable = True
+    unfrozen = 0
+    for i, layer in enumerate(base.layers):
+        trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = trainable
+        unfrozen += trainable
+    return unfrozen
+
+
+def load_keras_model(path: str | Path) -> keras.Model:
+    return keras.models.load_model(path, custom_objects={"ResNet50Preprocess": ResNet50Preprocess})

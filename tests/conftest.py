@@ -1,0 +1,58 @@
+"""Shared fixtures. One tiny model is trained per test session (synthetic data,
+random init, 64 px) and shared by every test that needs an exported model."""
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUSI_DIR = ROOT.parent / "shared" / "busi" / "Dataset_BUSI_with_GT"
+TEST_IMAGE_SIZE = 64
+
+sys.path.insert(0, str(ROOT))  # lambda_function.py and test.py live at the top level
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    from busi_classifier.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("synthetic"), per_class=12, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_model(synthetic_dir, tmp_path_factory) -> Path:
+    """Output folder of `train.py` run as a user types it (tiny settings)."""
+    from busi_classifier.cli import train_main
+
+    out = tmp_path_factory.mktemp("model")
+    code = train_main([
+        "--data", str(synthetic_dir), "--out", str(out), "--weights", "none",
+        "--image-size", str(TEST_IMAGE_SIZE), "--epochs-head", "2", "--epochs-fine-tune", "0",
+        "--batch-size", "8", "--lr-head", "1e-4", "--seed", "0", "--quiet",
+    ])
+    assert code == 0
+    return out
+
+
+@pytest.fixture
+def lambda_module(trained_model, monkeypatch):
+    """lambda_function imported fresh with MODEL_PATH pointing at the trained model."""
+    monkeypatch.setenv("MODEL_PATH", str(trained_model / "model.tflite"))
+    sys.modules.pop("lambda_function", None)
+    module = importlib.import_module("lambda_function")
+    yield module
+    sys.modules.pop("lambda_function", None)
+
+
+def synthetic_images(root: Path, per_class: int = 2) -> list[tuple[str, bytes]]:
+    from busi_classifier.config import CLASSES
+
+    images = []
+    for label in CLASSES:
+        files = sorted(p for p in (root / label).glob("*.png") if "_mask" not in p.name)
+        images += [(label, p.read_bytes()) for p in files[:per_class]]
+    return images

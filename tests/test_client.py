@@ -1,0 +1,389 @@
+"""Tests of the command-line client (busi_classifier/client.py, entry point test.py).
+
+The CLI is driven as a user types it, against a local HTTP server on 127.0.0.1 that
+records what it receives and answers like the Lambda runtime interface emulator or
+API Gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from busi_classifier import client
+from busi_classifier.client import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EMULATOR_PATH = "/2015-03-31/functions/function/invocations"
+
+PREDICTION = {
+    "prediction": "benign",
+    "probabilities": {"normal": 0.1, "benign": 0.8, "malignant": 0.1},
+    "model_version": "test-1",
+}
+ERROR = {"error": {"code": "INVALID_IMAGE", "message": "image could not be decoded"}}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+class FakeServer:
+    """A loopback HTTP server; ``routes`` maps a path to (status, body bytes, type)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.routes: dict[str, tuple[int, bytes, str]] = {}
+        self.release = threading.Event()  # lets "slow" handlers finish at teardown
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _answer(self, body: bytes | None):
+                fake.requests.append(
+                    {"method": self.command, "path": self.path, "body": body}
+                )
+                if self.path.startswith("/slow"):
+                    fake.release.wait(10)
+                status, data, ctype = fake.routes.get(
+                    self.path, (200, json.dumps(PREDICTION).encode(), "application/json")
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                self._answer(self.rfile.read(length))
+
+            def do_GET(self):
+                self._answer(None)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def route(self, path: str, status: int, body, ctype: str = "application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.routes[path] = (status, data, ctype)
+
+    def posted(self) -> list[dict]:
+        return [r for r in self.requests if r["method"] == "POST"]
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    srv = FakeServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def png(tmp_path) -> Path:
+    path = tmp_path / "scan.png"
+    image = Image.new("L", (12, 9))
+    image.putdata([(i * 7) % 256 for i in range(12 * 9)])
+    image.save(path)
+    return path
+
+
+def closed_port() -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def sent_image(request: dict) -> bytes:
+    body = json.loads(request["body"])
+    assert set(body) == {"image"}
+    return base64.b64decode(body["image"], validate=True)
+
+
+# --------------------------------------------------------------------------- emulator
+
+
+def test_posts_base64_image_to_emulator_and_prints_answer(server, png, capsys):
+    rc = main([str(png), "--endpoint", server.base + EMULATOR_PATH])
+    out, err = capsys.readouterr()
+
+    assert rc == 0
+    [request] = server.posted()
+    assert request["path"] == EMULATOR_PATH
+    assert sent_image(request) == png.read_bytes()
+    assert json.loads(out) == PREDICTION
+    assert out == json.dumps(PREDICTION, indent=2) + "\n"
+    assert err == ""
+
+
+def test_cli_as_subprocess(server, png):
+    proc = subprocess.run(
+        [sys.executable, "test.py", str(png), "--endpoint", server.base + EMULATOR_PATH,
+         "--timeout", "20"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == PREDICTION
+    assert sent_image(server.posted()[0]) == png.read_bytes()
+
+
+def test_emulator_error_answer_exits_1(server, png, capsys):
+    server.route(EMULATOR_PATH, 200, ERROR)
+    rc = main([str(png), "--endpoint", server.base + EMULATOR_PATH])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert json.loads(out) == ERROR
+    assert "INVALID_IMAGE" in err and "Traceback" not in err
+
+
+def test_unhandled_lambda_exception_exits_1(server, png, capsys):
+    crash = {"errorMessage": "boom", "errorType": "RuntimeError", "stackTrace": []}
+    server.route(EMULATOR_PATH, 200, crash)
+    rc = main([str(png), "--endpoint", server.base + EMULATOR_PATH])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert json.loads(out) == crash
+    assert "RuntimeError: boom" in err
+
+
+# --------------------------------------------------------------------------- API Gateway
+
+
+def test_api_gateway_base_url_posts_to_predict(server, png, capsys):
+    rc = main([str(png), "--endpoint", server.base + "/prod"])
+    assert rc == 0
+    assert [r["path"] for r in server.posted()] == ["/prod/predict"]
+    assert json.loads(capsys.readouterr().out) == PREDICTION
+
+
+@pytest.mark.parametrize("suffix", ["/prod/", "/prod/predict", "/prod/predict/"])
+def test_api_gateway_predict_not_doubled(server, png, suffix):
+    assert main([str(png), "--endpoint", server.base + suffix]) == 0
+    assert [r["path"] for r in server.posted()] == ["/prod/predict"]
+
+
+def test_api_gateway_shaped_answer_is_unwrapped(server, png, capsys):
+    wrapped = {
+        "statusCode": 200,
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps(PREDICTION),
+    }
+    server.route(EMULATOR_PATH, 200, wrapped)
+    rc = main([str(png), "--endpoint", server.base + EMULATOR_PATH])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out) == PREDICTION
+
+
+def test_http_400_error_body_is_printed(server, png, capsys):
+    server.route("/prod/predict", 400, ERROR)
+    rc = main([str(png), "--endpoint", server.base + "/prod"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert json.loads(out) == ERROR
+    assert "400" in err and "image could not be decoded" in err
+    assert "Traceback" not in err
+
+
+def test_http_error_with_non_json_body(server, png, capsys):
+    server.route("/prod/predict", 502, b"<html>Bad Gateway</html>", "text/html")
+    rc = main([str(png), "--endpoint", server.base + "/prod"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert "502" in err and "Bad Gateway" in err
+
+
+def test_non_json_answer(server, png, capsys):
+    server.route(EMULATOR_PATH, 200, b"not json at all", "text/plain")
+    rc = main([str(png), "--endpoint", server.base + EMULATOR_PATH])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert "not JSON" in err and "not json at all" in err
+
+
+# --------------------------------------------------------------------------- image source
+
+
+def test_image_url_is_downloaded_and_sent(server, png, capsys):
+    server.route("/images/scan.png", 200, png.read_bytes(), "image/png")
+    rc = main([server.base + "/images/scan.png", "--endpoint", server.base + EMULATOR_PATH])
+    assert rc == 0, capsys.readouterr().err
+    assert [(r["method"], r["path"]) for r in server.requests] == [
+        ("GET", "/images/scan.png"),
+        ("POST", EMULATOR_PATH),
+    ]
+    assert sent_image(server.posted()[0]) == png.read_bytes()
+
+
+def test_image_url_download_failure(server, capsys):
+    server.route("/images/missing.png", 404, b"nope", "text/plain")
+    url = server.base + "/images/missing.png"
+    rc = main([url, "--endpoint", server.base + EMULATOR_PATH])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "could not download" in err and url in err and "404" in err
+    assert server.posted() == []
+
+
+def test_missing_image_file(server, tmp_path, capsys):
+    missing = tmp_path / "nope.png"
+    rc = main([str(missing), "--endpoint", server.base + EMULATOR_PATH])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert "image file not found" in err and str(missing) in err
+    assert "Traceback" not in err
+    assert server.requests == []
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_unreachable_endpoint(png, capsys):
+    url = f"http://127.0.0.1:{closed_port()}{EMULATOR_PATH}"
+    rc = main([str(png), "--endpoint", url, "--timeout", "5"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert url in err
+    assert "docker run -p 9000:8080" in err
+    assert "Traceback" not in err
+
+
+def test_unreachable_endpoint_subprocess_has_no_traceback(png):
+    url = f"http://127.0.0.1:{closed_port()}/prod"
+    proc = subprocess.run(
+        [sys.executable, "test.py", str(png), "--endpoint", url, "--timeout", "5"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert url + "/predict" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_timeout(server, png, capsys):
+    rc = main([str(png), "--endpoint", server.base + "/slow", "--timeout", "0.3"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "timed out" in err and "/slow/predict" in err
+    assert "Traceback" not in err
+
+
+def test_resolve_url():
+    base = "https://abc.execute-api.eu-west-1.amazonaws.com"
+    assert client.resolve_url(client.DEFAULT_ENDPOINT) == client.DEFAULT_ENDPOINT
+    assert client.resolve_url(base) == base + "/predict"
+    assert client.resolve_url(base + "/") == base + "/predict"
+    assert client.resolve_url(base + "/prod") == base + "/prod/predict"
+    assert client.resolve_url(base + "/prod/predict") == base + "/prod/predict"
+    with pytest.raises(client.ClientError):
+        client.resolve_url("localhost:9000")
+
+
+# --------------------------------------------------------------------------- --function
+
+
+class FakeLambda:
+    def __init__(self, answer: bytes, extra: dict | None = None, error=None):
+        self.answer, self.extra, self.error = answer, extra or {}, error
+        self.calls: list[dict] = []
+
+    def invoke(self, **kwargs):
+        self.calls.append(kwargs)
+        if self.error is not None:
+            raise self.error
+        return {"StatusCode": 200, "Payload": io.BytesIO(self.answer), **self.extra}
+
+
+def install_fake_boto3(monkeypatch, fake_lambda: FakeLambda) -> list:
+    clients: list = []
+
+    def make_client(service, **kwargs):
+        clients.append((service, kwargs))
+        return fake_lambda
+
+    monkeypatch.setitem(sys.modules, "boto3", types.SimpleNamespace(client=make_client))
+    return clients
+
+
+def test_function_invokes_lambda_with_boto3(monkeypatch, png, capsys):
+    fake = FakeLambda(json.dumps(PREDICTION).encode())
+    clients = install_fake_boto3(monkeypatch, fake)
+
+    rc = main([str(png), "--function", "busi-classifier", "--region", "eu-west-1"])
+    out, err = capsys.readouterr()
+
+    assert rc == 0, err
+    assert [(service, kw["region_name"]) for service, kw in clients] == [
+        ("lambda", "eu-west-1")
+    ]
+    [call] = fake.calls
+    assert call["FunctionName"] == "busi-classifier"
+    payload = json.loads(call["Payload"])
+    assert base64.b64decode(payload["image"]) == png.read_bytes()
+    assert json.loads(out) == PREDICTION
+
+
+def test_function_api_gateway_shaped_payload_is_unwrapped(monkeypatch, png, capsys):
+    wrapped = {"statusCode": 200, "headers": {}, "body": json.dumps(PREDICTION)}
+    install_fake_boto3(monkeypatch, FakeLambda(json.dumps(wrapped).encode()))
+    assert main([str(png), "--function", "f"]) == 0
+    assert json.loads(capsys.readouterr().out) == PREDICTION
+
+
+def test_function_unhandled_error(monkeypatch, png, capsys):
+    crash = {"errorMessage": "out of memory", "errorType": "Runtime.ExitError"}
+    install_fake_boto3(
+        monkeypatch, FakeLambda(json.dumps(crash).encode(), {"FunctionError": "Unhandled"})
+    )
+    rc = main([str(png), "--function", "f"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert json.loads(out) == crash
+    assert "Unhandled" in err and "out of memory" in err
+
+
+def test_function_boto_error_is_one_line(monkeypatch, png, capsys):
+    class ResourceNotFoundException(Exception):
+        pass
+
+    error = ResourceNotFoundException(
+        "An error occurred (ResourceNotFoundException) when calling the Invoke "
+        "operation: Function not found: arn:aws:lambda:eu-west-1:123:function:nope"
+    )
+    install_fake_boto3(monkeypatch, FakeLambda(b"", error=error))
+    rc = main([str(png), "--function", "nope"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert "Function not found" in err and "nope" in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_function_without_boto3(monkeypatch, png, capsys):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # makes `import boto3` fail
+    rc = main([str(png), "--function", "f"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "pip install boto3" in err

@@ -1,0 +1,150 @@
+"""Train (tiny) -> export -> serve through every event shape, and train/serve parity."""
+
+import base64
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import TEST_IMAGE_SIZE, synthetic_images
+
+from busi_classifier.config import CLASSES
+from busi_classifier.events import b64, direct_event, http_v2_event, rest_v1_event
+
+pytestmark = pytest.mark.slow
+
+
+def body_of(answer: dict) -> dict:
+    return json.loads(answer["body"]) if "statusCode" in answer else answer
+
+
+def assert_prediction(answer: dict) -> None:
+    assert set(answer) >= {"prediction", "probabilities", "model_version"}
+    probabilities = answer["probabilities"]
+    assert list(probabilities) == list(CLASSES)
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert answer["prediction"] == max(probabilities, key=probabilities.get)
+
+
+def test_training_writes_every_artifact(trained_model, synthetic_dir):
+    for name in ("model.keras", "model.tflite", "model.json", "metrics.json", "split.csv", "history.json"):
+        assert (trained_model / name).is_file(), name
+    meta = json.loads((trained_model / "model.json").read_text())
+    assert meta["classes"] == ["normal", "benign", "malignant"]
+    assert meta["input"]["size"] == TEST_IMAGE_SIZE and meta["input"]["range"] == [0, 255]
+    assert "preprocess_input" in meta["preprocessing"]["model_internal_normalization"]
+    assert meta["training"]["weights"] == "none" and meta["training"]["seed"] == 0
+    assert len(meta["dataset"]["fingerprint_sha256"]) == 64
+    assert meta["packages"]["keras"] and meta["packages"]["numpy"]
+    assert meta["model_version"].endswith(meta["files"]["model.tflite"]["sha256"][:12])
+    metrics = json.loads((trained_model / "metrics.json").read_text())["test"]
+    matrix = np.array(metrics["confusion_matrix"]["rows_true_cols_pred"])
+    assert matrix.shape == (3, 3) and matrix.sum() == metrics["n"]
+    assert metrics["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert set(metrics["per_class"]) == set(CLASSES)
+    with open(trained_model / "split.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 36 and {r["split"] for r in rows} == {"train", "val", "test"}
+    assert all((synthetic_dir / r["path"]).is_file() and r["label"] in CLASSES for r in rows)
+    assert sum(r["split"] == "test" for r in rows) == metrics["n"]
+
+
+@pytest.mark.parametrize("shape", ["direct", "rest-json", "rest-raw", "http-json", "http-raw", "http-stage-prefix"])
+def test_every_event_shape_returns_a_prediction(lambda_module, synthetic_dir, shape):
+    label, data = synthetic_images(synthetic_dir, 1)[2]
+    event = {
+        "direct": lambda: direct_event(data),
+        "rest-json": lambda: rest_v1_event("POST", "/predict", {"image": b64(data)}),
+        "rest-raw": lambda: rest_v1_event("POST", "/predict", raw=data),
+        "http-json": lambda: http_v2_event("POST", "/predict", {"image": b64(data)}),
+        "http-raw": lambda: http_v2_event("POST", "/predict", raw=data),
+        "http-stage-prefix": lambda: http_v2_event("POST", "/prod/predict", raw=data),
+    }[shape]()
+    answer = lambda_module.lambda_handler(event, None)
+    if shape != "direct":
+        assert answer["statusCode"] == 200 and answer["headers"]["Content-Type"] == "application/json"
+    assert_prediction(body_of(answer))
+
+
+def test_batch_matches_single_requests(lambda_module, synthetic_dir):
+    images = [data for _, data in synthetic_images(synthetic_dir, 1)]
+    batch = lambda_module.lambda_handler({"images": [b64(d) for d in images]}, None)
+    assert len(batch["predictions"]) == 3
+    for data, answer in zip(images, batch["predictions"], strict=True):
+        single = lambda_module.lambda_handler(direct_event(data), None)
+        assert answer["probabilities"] == single["probabilities"]
+
+
+@pytest.mark.parametrize("make", [rest_v1_event, http_v2_event], ids=["rest", "http"])
+def test_health(lambda_module, trained_model, make):
+    answer = lambda_module.lambda_handler(make("GET", "/health"), None)
+    body = json.loads(answer["body"])
+    meta = json.loads((trained_model / "model.json").read_text())
+    assert answer["statusCode"] == 200
+    assert body == {"status": "ok", "model_version": meta["model_version"], "classes": list(CLASSES)}
+
+
+NOT_IMAGE = base64.b64encode(b"just some text").decode()
+BAD_REQUESTS = [
+    ("direct-missing-image", {"picture": "x"}, 400, "missing_image"),
+    ("direct-bad-base64", {"image": "%%%not base64%%%"}, 400, "invalid_base64"),
+    ("direct-not-an-image", {"image": NOT_IMAGE}, 400, "invalid_image"),
+    ("direct-image-not-string", {"image": 42}, 400, "invalid_request"),
+    ("direct-not-an-object", ["image"], 400, "invalid_request"),
+    ("direct-images-empty", {"images": []}, 400, "invalid_request"),
+    ("direct-images-not-list", {"images": "abc"}, 400, "invalid_request"),
+    ("rest-empty-body", rest_v1_event("POST", "/predict"), 400, "missing_image"),
+    ("rest-body-not-json", {**rest_v1_event("POST", "/predict"), "body": "hello"}, 400, "invalid_json"),
+    ("rest-json-wrong-type", rest_v1_event("POST", "/predict", {"image": ["a"]}), 400, "invalid_request"),
+    ("rest-raw-not-image", rest_v1_event("POST", "/predict", raw=b"GIF89a-garbage"), 400, "invalid_image"),
+    ("rest-raw-bad-base64", {**rest_v1_event("POST", "/predict", raw=b"x"), "body": "@@@"}, 400, "invalid_base64"),
+    ("http-unknown-route", http_v2_event("POST", "/classify", {"image": "x"}), 404, "not_found"),
+    ("http-wrong-method", http_v2_event("GET", "/predict"), 405, "method_not_allowed"),
+    ("rest-wrong-method-health", rest_v1_event("POST", "/health", {}), 405, "method_not_allowed"),
+    ("http-json-array-body", http_v2_event("POST", "/predict", []), 400, "invalid_request"),
+]
+
+
+@pytest.mark.parametrize("event,status,code", [c[1:] for c in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_requests_give_documented_4xx(lambda_module, event, status, code):
+    answer = lambda_module.lambda_handler(event, None)
+    body = body_of(answer)
+    if isinstance(event, dict) and ("httpMethod" in event or "version" in event):
+        assert answer["statusCode"] == status
+    assert set(body) == {"error"} and body["error"]["code"] == code
+    assert body["error"]["message"] and "Traceback" not in json.dumps(body)
+
+
+def test_missing_model_gives_503_not_a_crash(monkeypatch, tmp_path):
+    import importlib
+    import sys
+
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "nothing.tflite"))
+    sys.modules.pop("lambda_function", None)
+    module = importlib.import_module("lambda_function")
+    try:
+        answer = module.lambda_handler(http_v2_event("GET", "/health"), None)
+        assert answer["statusCode"] == 503
+        assert "MODEL_PATH" in json.loads(answer["body"])["error"]["message"]
+        assert module.lambda_handler(direct_event(b"x"), None)["error"]["code"] == "model_unavailable"
+    finally:
+        sys.modules.pop("lambda_function", None)
+
+
+def test_keras_and_lambda_agree_on_the_same_png_bytes(lambda_module, trained_model, synthetic_dir):
+    """Train/serve parity: Keras model fed through the shared preprocessing vs the
+    Lambda handler running the TFLite model with LiteRT."""
+    from busi_classifier.model import load_keras_model
+    from busi_classifier.preprocessing import decode_image
+
+    model = load_keras_model(trained_model / "model.keras")
+    images = synthetic_images(synthetic_dir, 3)
+    batch = np.stack([decode_image(data, TEST_IMAGE_SIZE) for _, data in images]).astype("float32")
+    keras_probabilities = model.predict(batch, verbose=0)
+    served = np.array([
+        list(lambda_module.lambda_handler(direct_event(data), None)["probabilities"].values()) for _, data in images
+    ])
+    assert served.shape == keras_probabilities.shape == (9, 3)
+    assert np.abs(served - keras_probabilities).max() < 1e-4
+    # the comparison must mean something: the model is not saturated on every image
+    assert ((served > 0.01) & (served < 0.99)).any()
