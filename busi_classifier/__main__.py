@@ -42,8 +42,9 @@ def invoke_main(argv) -> int:
     handler = lambda_function.lambda_handler
 
     def show(kind: str, answer: dict) -> None:
-        status = answer.get("statusCode", 200)
         body = json.loads(answer["body"]) if "body" in answer else answer
+        # direct invocations carry no status code: show the one API Gateway would give
+        status = answer.get("statusCode") or ("error" if "error" in body else "ok")
         print(f"  {kind:<28} -> {status} {json.dumps(body)}")
 
     print("GET /health")

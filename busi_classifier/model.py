@@ -11,6 +11,7 @@ from .config import CLASSES, ConfigError, TrainConfig
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 WEIGHTS_FILE_HINT = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+RANDOM_INIT_BN_MOMENTUM = 0.9
 
 
 class WeightsError(RuntimeError):
@@ -35,7 +36,15 @@ def build_base(weights: str, image_size: int) -> keras.Model:
     """ResNet50 without its top, from ImageNet, from a weights file, or random ("none")."""
     shape = (image_size, image_size, 3)
     if weights.lower() == "none":
-        return keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape)
+        base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape)
+        # From random init the BatchNorm moving statistics start at (0, 1) and, with
+        # Keras' default momentum 0.99, are still far from the real ones after the few
+        # hundred steps of a small-data run: the model then predicts well in training
+        # mode and at chance in inference mode (and in the exported TFLite model).
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = RANDOM_INIT_BN_MOMENTUM
+        return base
     if weights.lower() == "imagenet":
         try:
             return keras.applications.ResNet50(include_top=False, weights="imagenet", input_shape=shape)

@@ -30,8 +30,10 @@ def open_image(data: bytes) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImageError(f"not a readable image: {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImageError("not a readable image (expected PNG, JPEG or another format Pillow reads)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImageError(f"image too large: {exc}") from None
     except Exception as exc:  # Pillow raises many types for corrupt headers
         raise InvalidImageError(f"not a readable image ({type(exc).__name__}: {exc})") from None
     width, height = image.size

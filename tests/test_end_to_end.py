@@ -113,6 +113,7 @@ def test_bad_requests_give_documented_4xx(lambda_module, event, status, code):
         assert answer["statusCode"] == status
     assert set(body) == {"error"} and body["error"]["code"] == code
     assert body["error"]["message"] and "Traceback" not in json.dumps(body)
+    assert " object at 0x" not in body["error"]["message"], "internal object repr leaked"
 
 
 def test_missing_model_gives_503_not_a_crash(monkeypatch, tmp_path):
