@@ -6,9 +6,10 @@ import argparse
 import os
 import sys
 
-from .config import DEFAULT_IMAGE_SIZE, ConfigError, TrainConfig
+from .config import CLASSES, DEFAULT_IMAGE_SIZE, ConfigError, TrainConfig
 
 DEFAULTS = TrainConfig()
+DEFAULT_AUDIT_DIR = "artifacts/audit"
 
 
 def _positive_int(text: str) -> int:
@@ -30,7 +31,8 @@ def train_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, help="dataset folder with normal/, benign/, malignant/")
-    p.add_argument("--out", default=DEFAULTS.out_dir, help=f"output folder (default {DEFAULTS.out_dir})")
+    p.add_argument("--out", default=None,
+                   help=f"output folder (default {DEFAULTS.out_dir}; with --audit: {DEFAULT_AUDIT_DIR})")
     p.add_argument(
         "--weights",
         default=DEFAULTS.weights,
@@ -50,13 +52,29 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-class", type=_positive_int, default=None, help="cap on images per class (quick runs)")
     p.add_argument("--no-class-weights", action="store_true", help="do not weight the loss by inverse class frequency")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("data audit and split")
+    g.add_argument("--audit", action="store_true",
+                   help="only audit the dataset: write audit.md, audit.json and figures into --out, then stop")
+    g.add_argument("--figures", default=None, help="with --audit: folder for the figures (default: --out)")
+    g.add_argument("--split-only", action="store_true", help="only write OUT/split.csv, then stop (no training)")
+    g.add_argument("--split", choices=("grouped", "random"), default=DEFAULTS.split,
+                   help="grouped (default): near-duplicate groups never straddle train/val/test; "
+                   "random: image-level split (leaks near-duplicates, for comparison only)")
+    g.add_argument("--near-duplicate-bits", type=int, default=DEFAULTS.near_duplicate_bits,
+                   help=f"perceptual-hash distance at or below which two images are near-duplicates "
+                   f"(default {DEFAULTS.near_duplicate_bits})")
+    g.add_argument("--conflict-label", choices=CLASSES, default=None,
+                   help="keep groups whose images carry different labels, all relabelled to this class "
+                   "(default: leave them out of training and evaluation)")
+    g.add_argument("--folds", type=int, default=0, help="grouped k-fold cross-validation with K folds (K >= 3)")
+    g.add_argument("--fold", type=int, default=0, help="with --folds: the test fold (0..K-1); fold+1 is validation")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data_dir=args.data,
-        out_dir=args.out,
+        out_dir=args.out or DEFAULTS.out_dir,
         weights=args.weights,
         image_size=args.image_size,
         epochs_head=args.epochs_head,
@@ -69,11 +87,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         max_per_class=args.max_per_class,
         class_weights=not args.no_class_weights,
+        split=args.split,
+        near_duplicate_bits=args.near_duplicate_bits,
+        conflict_label=args.conflict_label,
+        folds=args.folds,
+        fold=args.fold,
     )
 
 
 def train_main(argv=None) -> int:
     args = train_parser().parse_args(argv)
+    if args.audit:
+        return audit_main(args)
+    if args.split_only:
+        return split_main(args)
     if args.epochs_head < 0 or args.epochs_fine_tune < 0 or args.epochs_head + args.epochs_fine_tune < 1:
         print("error: epochs must be >= 0 and at least one epoch in total", file=sys.stderr)
         return 2
@@ -94,4 +121,36 @@ def train_main(argv=None) -> int:
         f"done in {meta['wall_time_s']} s: test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} "
         f"(n={test['n']}), model {meta['model_version']} -> {config.out_dir}"
     )
+    return 0
+
+
+def audit_main(args: argparse.Namespace) -> int:
+    from .audit import run_audit
+    from .dataset import DatasetError
+
+    out = args.out or DEFAULT_AUDIT_DIR
+    try:
+        report = run_audit(args.data, out, args.figures, args.near_duplicate_bits, progress=not args.quiet)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    nd = report["near_duplicates"]
+    print(f"audited {report['images']} images: {len(report['exact_duplicates'])} exact-duplicate groups, "
+          f"{nd['groups']} near-duplicate groups ({nd['images_in_groups']} images), "
+          f"{len(report['conflicting_groups'])} with conflicting labels, "
+          f"{len(report['coloured_annotations'])} images with coloured annotations -> {out}/audit.md")
+    return 0
+
+
+def split_main(args: argparse.Namespace) -> int:
+    from .dataset import DatasetError
+    from .training import prepare_split, split_counts
+
+    config = config_from_args(args)
+    try:
+        _, samples, result = prepare_split(config, progress=not args.quiet)
+    except (DatasetError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{config.split} split of {len(samples)} images: {split_counts(result)} -> {config.out_dir}/split.csv")
     return 0

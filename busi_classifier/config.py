@@ -15,6 +15,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # decompression bombs: a tiny file whose header claims huge dimensions.
 MAX_IMAGE_PIXELS = 40_000_000
 
+# Two images are near-duplicates when their 255-bit perceptual hashes differ in at most
+# this many bits (chosen on the real BUSI data: see busi_classifier/audit.py and README).
+NEAR_DUPLICATE_BITS = 86
+
 # How the model input is made; written into model.json so that every consumer of the
 # exported model knows what the TFLite input expects.
 PREPROCESSING_DESCRIPTION = {
@@ -56,6 +60,11 @@ class TrainConfig:
     test_fraction: float = 0.15
     class_weights: bool = True
     monitor: str = "val_macro_f1"
+    split: str = "grouped"  # "grouped" (near-duplicates kept together) or "random" (image-level)
+    near_duplicate_bits: int = NEAR_DUPLICATE_BITS
+    conflict_label: str | None = None  # None: groups with conflicting labels are left out
+    folds: int = 0  # > 0: grouped k-fold, `fold` is the test fold
+    fold: int = 0
     classes: tuple[str, ...] = field(default_factory=lambda: CLASSES)
 
     def to_dict(self) -> dict:

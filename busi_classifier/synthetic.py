@@ -469,6 +469,83 @@ def generate_dataset(
     return out
 
 
+def _next_number(folder: pathlib.Path, label: str) -> int:
+    numbers = [int(p.stem[len(label) + 2 : -1]) for p in folder.glob(f"{label} (*).png") if "_mask" not in p.name]
+    return max(numbers, default=0) + 1
+
+
+def _copy_with(out: pathlib.Path, source: str, target_label: str, transform) -> str:
+    """Write ``transform(image)`` of ``source`` (relative path) as the next image of
+    ``target_label``, its masks transformed alike (geometry only). Returns the new path."""
+    src = out / source
+    folder = out / target_label
+    stem = f"{target_label} ({_next_number(folder, target_label)})"
+    with Image.open(src) as image:
+        transform(image.copy(), False).save(folder / f"{stem}.png")
+    for mask in sorted(src.parent.glob(f"{src.stem}_mask*.png")):
+        suffix = mask.stem[len(src.stem):]
+        with Image.open(mask) as m:
+            transform(m.copy(), True).save(folder / f"{stem}{suffix}.png")
+    return f"{target_label}/{stem}.png"
+
+
+def _draw_annotations(image: Image.Image, is_mask: bool) -> Image.Image:
+    """Yellow calipers (two '+' marks and a dotted line) and white text, as scanners burn them in."""
+    if is_mask:
+        return image
+    from PIL import ImageDraw
+
+    image = image.convert("RGB")
+    draw = ImageDraw.Draw(image)
+    w, h = image.size
+    a, b = (int(w * 0.35), int(h * 0.45)), (int(w * 0.62), int(h * 0.52))
+    caliper = (255, 230, 0)  # yellow, as on several BUSI images
+    for x, y in (a, b):
+        draw.line([(x - 6, y), (x + 6, y)], fill=caliper, width=2)
+        draw.line([(x, y - 6), (x, y + 6)], fill=caliper, width=2)
+    for t in np.linspace(0, 1, 12):
+        x, y = a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])
+        draw.ellipse([(x - 1, y - 1), (x + 1, y + 1)], fill=caliper)
+    draw.text((int(w * 0.05), int(h * 0.88)), "LT BREAST 2:00", fill=(230, 230, 230))
+    return image
+
+
+PLANTED_KINDS = ("exact", "resized", "annotated", "other_class")
+
+
+def plant_duplicates(out_dir, seed: int = 0) -> list[dict]:
+    """Add known near-duplicates to a dataset written by ``generate_dataset``, as BUSI
+    has them: an exact copy, a resized copy, a copy with calipers and text drawn on it,
+    and a copy filed under another class (a label conflict). Each copy becomes the next
+    image number of its class. Returns [{"kind", "original", "copy"}] (relative paths)."""
+    out = pathlib.Path(out_dir)
+    rng = np.random.default_rng(seed)
+    picks = {label: sorted(p.name for p in (out / label).glob(f"{label} (*).png") if "_mask" not in p.name)
+             for label in CLASSES}
+    if any(len(names) < 2 for names in picks.values()):
+        raise ValueError("plant_duplicates needs at least 2 images per class")
+
+    def pick(label: str) -> str:
+        names = picks[label]
+        return f"{label}/{names.pop(int(rng.integers(len(names))))}"
+
+    planted = []
+    exact = pick("benign")
+    planted.append({"kind": "exact", "original": exact, "copy": _copy_with(out, exact, "benign", lambda im, m: im)})
+    resized = pick("malignant")
+    planted.append({"kind": "resized", "original": resized, "copy": _copy_with(
+        out, resized, "malignant",
+        lambda im, m: im.resize((int(im.width * 0.7), int(im.height * 0.7)),
+                                Image.Resampling.NEAREST if m else Image.Resampling.LANCZOS))})
+    annotated = pick("normal")
+    planted.append({"kind": "annotated", "original": annotated,
+                    "copy": _copy_with(out, annotated, "normal", _draw_annotations)})
+    other = pick("benign")
+    planted.append({"kind": "other_class", "original": other,
+                    "copy": _copy_with(out, other, "malignant", lambda im, m: im)})
+    return planted
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m busi_classifier.synthetic",
@@ -477,11 +554,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--per-class", type=int, default=60, metavar="N", help="images per class (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--plant-duplicates", action="store_true",
+                        help="also add an exact, a resized, an annotated and a cross-class copy (for the audit)")
     args = parser.parse_args(argv)
     try:
         out = generate_dataset(args.out, per_class=args.per_class, seed=args.seed)
+        planted = plant_duplicates(out, args.seed) if args.plant_duplicates else []
     except ValueError as exc:
         parser.error(str(exc))
+    for p in planted:
+        print(f"planted {p['kind']} copy: {p['copy']} <- {p['original']}")
     total = args.per_class * len(CLASSES)
     classes = ", ".join(CLASSES)
     print(f"wrote {total} synthetic images ({args.per_class} per class: {classes}) to {out}")

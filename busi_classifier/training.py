@@ -9,9 +9,43 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CLASSES, TrainConfig
+from .config import CLASSES, ConfigError, TrainConfig
 from .dataset import cap_per_class, find_dataset_root, fingerprint, load_images, read_dataset
-from .splitting import SPLITS, stratified_split, write_split_csv
+from .splitting import SPLITS, SplitResult, grouped_kfold, grouped_split, stratified_split, write_split_csv
+
+
+def prepare_split(config: TrainConfig, progress: bool = True) -> tuple[Path, list, SplitResult]:
+    """Read the dataset, split it as ``config`` says and write ``split.csv`` into
+    config.out_dir. Returns (dataset root, samples, split)."""
+    root = find_dataset_root(config.data_dir)
+    samples = cap_per_class(read_dataset(root), config.max_per_class, config.seed)
+    if config.split == "random":
+        if config.folds:
+            raise ConfigError("--folds needs the grouped split")
+        result = SplitResult(stratified_split(samples, config.val_fraction, config.test_fraction, config.seed))
+    elif config.split == "grouped":
+        from .audit import group_samples
+
+        grouping = group_samples(samples, root, config.near_duplicate_bits, progress)
+        if config.folds:
+            result = grouped_kfold(samples, grouping.groups, config.folds, config.fold, config.seed,
+                                   config.conflict_label)
+        else:
+            result = grouped_split(samples, grouping.groups, config.val_fraction, config.test_fraction,
+                                   config.seed, config.conflict_label)
+    else:
+        raise ConfigError(f"split must be 'grouped' or 'random', got {config.split!r}")
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_split_csv(result, root, out_dir / "split.csv")
+    return root, samples, result
+
+
+def split_counts(result: SplitResult) -> dict:
+    counts = {name: dict(Counter(s.label for s in result.splits[name])) for name in SPLITS}
+    if result.excluded:
+        counts["excluded"] = dict(Counter(s.label for s in result.excluded))
+    return counts
 
 
 def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> dict[int, float]:
@@ -73,13 +107,10 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     """Run a whole training; returns model.json's content. Writes into config.out_dir."""
     started = time.time()
     out_dir = Path(config.out_dir)
-    root = find_dataset_root(config.data_dir)
-    samples = cap_per_class(read_dataset(root), config.max_per_class, config.seed)
-    split = stratified_split(samples, config.val_fraction, config.test_fraction, config.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_split_csv(split, root, out_dir / "split.csv")
-    counts = {name: dict(Counter(s.label for s in split[name])) for name in SPLITS}
-    print(f"data: {root} ({len(samples)} images) -> split {counts}", flush=True)
+    root, samples, result = prepare_split(config, progress)
+    split = result.splits
+    counts = split_counts(result)
+    print(f"data: {root} ({len(samples)} images) -> {config.split} split {counts}", flush=True)
 
     # Heavy imports only after the cheap checks passed, so user mistakes fail fast.
     import keras
@@ -143,6 +174,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         "fingerprint_sha256": fingerprint(samples, root),
         "images": len(samples),
         "per_split": counts,
+        "split": config.split,
         "split_file": "split.csv",
     }
     print("exporting model.keras, model.tflite, model.json ...", flush=True)

@@ -106,5 +106,5 @@ def test_cap_and_stratified_split_are_seeded(tmp_path):
     assert len(all_paths) == len(set(all_paths)) == 30
     write_split_csv(a, tmp_path, tmp_path / "split.csv")
     lines = (tmp_path / "split.csv").read_text().splitlines()
-    assert lines[0] == "path,label,split" and len(lines) == 31
+    assert lines[0] == "path,label,split,group" and len(lines) == 31
     assert lines[1].startswith("normal/normal (")

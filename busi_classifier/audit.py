@@ -1,0 +1,348 @@
+"""Audit a dataset in the BUSI layout: counts, sizes, modes, masks, exact and
+near-duplicates, groups with conflicting labels, burned-in colour annotations.
+
+Near-duplicates are found with a 256-bit perceptual hash (pHash): the image is decoded
+(EXIF orientation, any mode to gray), shrunk to 64x64 by area averaging, its 2-D DCT taken,
+and the 16x16 lowest frequencies (DC left out: 255 bits) compared to their median. Two
+images are near-duplicates when their hashes differ in at most ``NEAR_DUPLICATE_BITS``
+bits. Pairs are joined into groups transitively (union-find); the grouped split keeps
+every group on one side. The threshold (86 bits) was chosen on the real BUSI data
+(README, ``imgs/audit_threshold_pairs.png``): of the 7 pairs 82 to 86 bits apart, 6 are
+the same frame with or without calipers, text or a black corner, 1 is two different
+mostly dark images; from 88 bits on most pairs are different lesions. A false merge
+only puts two images on the same side of the split; a missed pair leaks.
+
+Imports NumPy and Pillow only (figures are in ``audit_figures``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .config import CLASSES, NEAR_DUPLICATE_BITS
+from .dataset import DatasetError, Sample, find_dataset_root, read_dataset
+from .preprocessing import InvalidImageError, open_image, to_rgb
+
+HASH_SIZE = 64  # side of the image the DCT is taken on
+HASH_FREQUENCIES = 16  # the HASH_FREQUENCIES x HASH_FREQUENCIES lowest frequencies make the hash
+HASH_BITS = HASH_FREQUENCIES * HASH_FREQUENCIES - 1
+# A pixel is "coloured" when its channels differ by more than this; an image carries
+# coloured annotations when more than ANNOTATION_MIN_PIXELS of its pixels are.
+COLOUR_CHANNEL_SPREAD = 40
+ANNOTATION_MIN_PIXELS = 30
+
+
+@dataclass
+class ImageRecord:
+    path: str  # relative to the dataset root, POSIX
+    label: str
+    width: int
+    height: int
+    mode: str
+    masks: int
+    pixel_sha256: str  # of the RGB pixels: the same picture stored as L or RGB hashes alike
+    coloured_pixels: int
+    phash: np.ndarray  # bool[HASH_BITS]
+
+    @property
+    def annotated(self) -> bool:
+        return self.coloured_pixels > ANNOTATION_MIN_PIXELS
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    return np.cos(np.pi * (2 * i + 1) * k / (2 * n))
+
+
+_DCT = _dct_matrix(HASH_SIZE)
+
+
+def perceptual_hash(data: bytes) -> np.ndarray:
+    """255-bit DCT hash of image bytes (bool array); robust to resizing, small overlays
+    and colour mode, sensitive to content. Raises InvalidImageError."""
+    # Stretched to a square, not letterboxed: black bars would make unrelated images of
+    # the same aspect ratio look alike.
+    image = ImageOps.exif_transpose(open_image(data))
+    gray = np.asarray(to_rgb(image).convert("L").resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BOX),
+                      dtype=np.float64)
+    coefficients = (_DCT @ gray @ _DCT.T)[:HASH_FREQUENCIES, :HASH_FREQUENCIES].ravel()[1:]
+    return coefficients > np.median(coefficients)
+
+
+def describe(sample: Sample, root: Path) -> ImageRecord:
+    data = sample.path.read_bytes()
+    try:
+        image = open_image(data)
+        mode = image.mode
+        rgb = np.asarray(to_rgb(image), dtype=np.uint8)
+        phash = perceptual_hash(data)
+    except (InvalidImageError, OSError) as exc:
+        raise DatasetError(f"unreadable image {sample.path}: {exc}") from None
+    spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
+    return ImageRecord(
+        path=sample.relative_path(root),
+        label=sample.label,
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        mode=mode,
+        masks=len(sample.masks),
+        pixel_sha256=hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest(),
+        coloured_pixels=int((spread > COLOUR_CHANNEL_SPREAD).sum()),
+        phash=phash,
+    )
+
+
+def describe_all(samples: Sequence[Sample], root: Path, progress: bool = True) -> list[ImageRecord]:
+    from tqdm.auto import tqdm
+
+    return [describe(s, root) for s in tqdm(samples, desc="auditing images", unit="img", disable=not progress)]
+
+
+def hash_distances(records: Sequence[ImageRecord]) -> np.ndarray:
+    """Pairwise Hamming distances between the perceptual hashes (int16, n x n)."""
+    if not records:
+        return np.zeros((0, 0), dtype=np.int16)
+    bits = np.array([r.phash for r in records], dtype=np.uint8)
+    # matches of ones plus matches of zeros = HASH_BITS - distance
+    ones = bits.astype(np.int32)
+    same = ones @ ones.T + (1 - ones) @ (1 - ones).T
+    return (HASH_BITS - same).astype(np.int16)
+
+
+def near_duplicate_pairs(distances: np.ndarray, threshold: int = NEAR_DUPLICATE_BITS) -> list[tuple[int, int, int]]:
+    """(i, j, distance) for i < j with distance <= threshold."""
+    i, j = np.nonzero(np.triu(distances <= threshold, k=1))
+    return [(int(a), int(b), int(distances[a, b])) for a, b in zip(i, j, strict=True)]
+
+
+def connected_groups(n: int, pairs: Sequence[tuple[int, ...]]) -> list[int]:
+    """Group index for each of n items, joining every pair (union-find). Groups are
+    numbered by their first member, so the numbering is stable."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b, *_ in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = [find(i) for i in range(n)]
+    numbering: dict[int, int] = {}
+    return [numbering.setdefault(r, len(numbering)) for r in roots]
+
+
+@dataclass
+class Grouping:
+    """The near-duplicate structure of a dataset: what the split needs."""
+
+    records: list[ImageRecord]
+    groups: list[int]  # group index per record
+    pairs: list[tuple[int, int, int]]  # near-duplicate pairs (i, j, distance)
+    threshold: int
+    distances: np.ndarray  # pairwise hash distances (n x n)
+
+    def members(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for i, g in enumerate(self.groups):
+            out.setdefault(g, []).append(i)
+        return out
+
+    def conflicting_groups(self) -> list[int]:
+        return sorted(g for g, idx in self.members().items() if len({self.records[i].label for i in idx}) > 1)
+
+
+def group_samples(samples: Sequence[Sample], root: Path, threshold: int = NEAR_DUPLICATE_BITS,
+                  progress: bool = True) -> Grouping:
+    records = describe_all(samples, root, progress)
+    distances = hash_distances(records)
+    pairs = near_duplicate_pairs(distances, threshold)  # exact duplicates are at distance 0
+    return Grouping(records, connected_groups(len(records), pairs), pairs, threshold, distances)
+
+
+# --- the report -----------------------------------------------------------------------
+
+
+def leak_comparison(samples: Sequence[Sample], grouping: Grouping, val_fraction: float = 0.15,
+                    test_fraction: float = 0.15, seed: int = 42) -> dict:
+    """How many test images have a near-duplicate in train: random image-level split
+    versus the grouped split, same proportions and seed."""
+    from .splitting import grouped_split, leaked_images, stratified_split
+
+    paths = [s.path for s in samples]
+    random = stratified_split(samples, val_fraction, test_fraction, seed)
+    grouped = grouped_split(samples, grouping.groups, val_fraction, test_fraction, seed).split_of()
+    random_of = {s.path: name for name, part in random.items() for s in part}
+    out = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    for name, split_of in (("random", random_of), ("grouped", grouped)):
+        test = sum(v == "test" for v in split_of.values())
+        leaked = leaked_images(split_of, grouping.pairs, paths)
+        out[name] = {"test_images": test, "test_images_with_near_duplicate_in_train": len(leaked)}
+    return out
+
+
+def audit_report(grouping: Grouping, root: Path) -> dict:
+    """Everything the audit found, as JSON-ready data."""
+    records = grouping.records
+    members = grouping.members()
+    per_class = {
+        label: {
+            "images": sum(r.label == label for r in records),
+            "masks": sum(r.masks for r in records if r.label == label),
+            "images_with_several_masks": sum(r.masks > 1 for r in records if r.label == label),
+            "images_without_mask": sum(r.masks == 0 for r in records if r.label == label),
+        }
+        for label in CLASSES
+    }
+    widths = np.array([r.width for r in records])
+    heights = np.array([r.height for r in records])
+    exact: dict[str, list[str]] = {}
+    for r in records:
+        exact.setdefault(r.pixel_sha256, []).append(r.path)
+    exact_groups = [paths for paths in exact.values() if len(paths) > 1]
+    dup_groups = [idx for idx in members.values() if len(idx) > 1]
+    conflicts = grouping.conflicting_groups()
+
+    def group_entry(g: int) -> dict:
+        idx = members[g]
+        return {"group": g, "members": [{"path": records[i].path, "label": records[i].label} for i in idx]}
+
+    return {
+        "dataset": str(root),
+        "images": len(records),
+        "per_class": per_class,
+        "sizes": {
+            "width": {"min": int(widths.min()), "median": float(np.median(widths)), "max": int(widths.max())},
+            "height": {"min": int(heights.min()), "median": float(np.median(heights)), "max": int(heights.max())},
+        },
+        "modes": dict(Counter(r.mode for r in records)),
+        "several_masks": [{"path": r.path, "masks": r.masks} for r in records if r.masks > 1],
+        "exact_duplicates": exact_groups,
+        "near_duplicates": {
+            "descriptor": f"{HASH_BITS}-bit DCT perceptual hash of the {HASH_SIZE}px grayscale image",
+            "threshold_bits": grouping.threshold,
+            "pairs": len(grouping.pairs),
+            "groups": len(dup_groups),
+            "images_in_groups": sum(len(idx) for idx in dup_groups),
+            "largest_group": max((len(idx) for idx in dup_groups), default=1),
+            "group_list": [group_entry(g) for g in sorted(members) if len(members[g]) > 1],
+        },
+        "conflicting_groups": [group_entry(g) for g in conflicts],
+        "coloured_annotations": [{"path": r.path, "coloured_pixels": r.coloured_pixels} for r in records if r.annotated],
+    }
+
+
+def markdown_report(report: dict, figures: dict[str, str] | None = None) -> str:
+    nd = report["near_duplicates"]
+    lines = [
+        f"# Dataset audit: `{report['dataset']}`",
+        "",
+        f"{report['images']} images. Colour modes: "
+        + ", ".join(f"{m} {n}" for m, n in sorted(report["modes"].items())) + ". "
+        f"Width {report['sizes']['width']['min']}..{report['sizes']['width']['max']} px "
+        f"(median {report['sizes']['width']['median']:.0f}), height {report['sizes']['height']['min']}.."
+        f"{report['sizes']['height']['max']} px (median {report['sizes']['height']['median']:.0f}).",
+        "",
+        "| class | images | masks | images with several masks | images without mask |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, c in report["per_class"].items():
+        lines.append(f"| {label} | {c['images']} | {c['masks']} | {c['images_with_several_masks']} | "
+                     f"{c['images_without_mask']} |")
+    lines += [
+        "",
+        "## Duplicates",
+        "",
+        f"- exact duplicates (same pixels): {len(report['exact_duplicates'])} groups",
+        f"- near-duplicates ({nd['descriptor']}, at most {nd['threshold_bits']} bits apart): {nd['pairs']} pairs "
+        f"joined into {nd['groups']} groups holding {nd['images_in_groups']} images (largest: {nd['largest_group']})",
+        f"- groups whose members carry different labels: {len(report['conflicting_groups'])} "
+        "(left out of training and evaluation by default)",
+        f"- images with coloured burned-in annotations: {len(report['coloured_annotations'])}",
+        "",
+    ]
+    leak = report.get("leak")
+    if leak:
+        r, g = leak["random"], leak["grouped"]
+        lines += [
+            "## Leak: test images with a near-duplicate in train",
+            "",
+            f"Split {1 - leak['val_fraction'] - leak['test_fraction']:.0%} / {leak['val_fraction']:.0%} / "
+            f"{leak['test_fraction']:.0%}, seed {leak['seed']}.",
+            "",
+            "| split | test images | with a near-duplicate in train |",
+            "|---|---:|---:|",
+            f"| random, image-level | {r['test_images']} | {r['test_images_with_near_duplicate_in_train']} |",
+            f"| grouped (this project) | {g['test_images']} | {g['test_images_with_near_duplicate_in_train']} |",
+            "",
+        ]
+    if report["conflicting_groups"]:
+        lines += ["### Groups with conflicting labels", "", "| group | members |", "|---:|---|"]
+        for g in report["conflicting_groups"]:
+            members = ", ".join(f"`{m['path']}`" for m in g["members"])
+            lines.append(f"| {g['group']} | {members} |")
+        lines.append("")
+    if report["exact_duplicates"]:
+        lines += ["### Exact duplicates", ""]
+        lines += ["- " + ", ".join(f"`{p}`" for p in paths) for paths in report["exact_duplicates"]]
+        lines.append("")
+    if report["coloured_annotations"]:
+        lines += ["### Coloured annotations", ""]
+        lines += [f"- `{a['path']}` ({a['coloured_pixels']} coloured pixels)" for a in report["coloured_annotations"]]
+        lines.append("")
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{title}]({path})" for title, path in figures.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    raise TypeError(type(obj).__name__)
+
+
+def run_audit(data_dir: str | Path, out_dir: str | Path, figures_dir: str | Path | None = None,
+              threshold: int = NEAR_DUPLICATE_BITS, progress: bool = True) -> dict:
+    """Audit ``data_dir``; write audit.json and audit.md into ``out_dir`` and the
+    figures into ``figures_dir`` (default: ``out_dir``). Returns the report."""
+    root = find_dataset_root(data_dir)
+    samples = read_dataset(root)
+    grouping = group_samples(samples, root, threshold, progress)
+    report = audit_report(grouping, root)
+    report["leak"] = leak_comparison(samples, grouping)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = None
+    if figures_dir is not False:
+        from .audit_figures import write_audit_figures
+
+        fig_dir = Path(figures_dir) if figures_dir else out
+        written = write_audit_figures(grouping, samples, root, fig_dir)
+        figures = {title: _relative(path, out) for title, path in written.items()}
+        report["figures"] = {title: str(path) for title, path in written.items()}
+    (out / "audit.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    (out / "audit.md").write_text(markdown_report(report, figures))
+    return report
+
+
+def _relative(path: Path, start: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix()
+
