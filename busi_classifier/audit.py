@@ -325,6 +325,7 @@ def run_audit(data_dir: str | Path, out_dir: str | Path, figures_dir: str | Path
     samples = read_dataset(root)
     grouping = group_samples(samples, root, threshold, progress)
     report = audit_report(grouping, root)
+    report["dataset"] = str(data_dir)  # as the user gave it, not this machine's absolute path
     report["leak"] = leak_comparison(samples, grouping)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
