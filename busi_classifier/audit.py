@@ -102,7 +102,7 @@ def describe(sample: Sample, root: Path) -> ImageRecord:
 
 
 def describe_all(samples: Sequence[Sample], root: Path, progress: bool = True) -> list[ImageRecord]:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return [describe(s, root) for s in tqdm(samples, desc="auditing images", unit="img", disable=not progress)]
 

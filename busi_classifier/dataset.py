@@ -146,7 +146,7 @@ def fingerprint(samples: Sequence[Sample], root: Path) -> str:
 
 def load_images(samples: Sequence[Sample], size: int, progress: bool = True) -> np.ndarray:
     """Decode every sample once with the shared preprocessing: uint8 (N, size, size, 3)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     arrays = np.empty((len(samples), size, size, 3), dtype=np.uint8)
     for i, sample in enumerate(tqdm(samples, desc="decoding images", unit="img", disable=not progress)):
