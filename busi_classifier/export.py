@@ -51,6 +51,7 @@ def export_model(
     config: TrainConfig,
     dataset_info: dict,
     metrics: dict,
+    calibration: dict | None = None,
 ) -> dict:
     """Write model.keras, model.tflite and model.json into ``out_dir``; return the metadata."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,8 @@ def export_model(
         },
         "training": config.to_dict(),
         "dataset": dataset_info,
-        "metrics": {"test": metrics},
+        "calibration": calibration or {"method": "none", "temperature": 1.0},
+        "metrics": metrics,
         "packages": package_versions(),
     }
     write_json(out_dir / "model.json", meta)

@@ -11,6 +11,16 @@ import numpy as np
 from .preprocessing import decode_image
 
 
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling of softmax outputs: softmax(logits / T) computed from
+    softmax(logits) as p^(1/T), renormalised. T > 1 softens, T < 1 sharpens; the
+    predicted class never changes."""
+    logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-300, 1.0)) / temperature
+    logp -= logp.max(axis=-1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
 class ModelLoadError(RuntimeError):
     """The model files are missing or do not fit together."""
 
@@ -52,6 +62,8 @@ class Predictor:
         self.classes: list[str] = list(self.metadata["classes"])
         self.image_size: int = int(self.metadata["input"]["size"])
         self.model_version: str = self.metadata.get("model_version", "unknown")
+        # temperature fitted on the validation split (model.json "calibration"); 1.0 = none
+        self.temperature: float = float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
         self.num_threads = num_threads or default_num_threads()
         try:
             self.interpreter = Interpreter(model_path=str(self.model_path), num_threads=self.num_threads)
@@ -65,12 +77,14 @@ class Predictor:
             raise ModelLoadError(f"model input shape {list(self._input['shape'])} does not match model.json {expected}")
         self._buffer = np.empty(expected, dtype=self._input["dtype"])
 
-    def predict_array(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities for one preprocessed uint8 image (size, size, 3)."""
+    def predict_array(self, image: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Probabilities for one preprocessed uint8 image (size, size, 3), temperature-
+        scaled unless ``calibrated`` is False."""
         self._buffer[0] = image
         self.interpreter.set_tensor(self._input["index"], self._buffer)
         self.interpreter.invoke()
-        return np.array(self.interpreter.get_tensor(self._output["index"])[0], dtype=np.float64)
+        raw = np.array(self.interpreter.get_tensor(self._output["index"])[0], dtype=np.float64)
+        return apply_temperature(raw, self.temperature) if calibrated and self.temperature != 1.0 else raw
 
     def predict_bytes(self, data: bytes) -> dict:
         """Prediction for image bytes: the answer the API returns for one image."""

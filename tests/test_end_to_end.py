@@ -135,13 +135,15 @@ def test_missing_model_gives_503_not_a_crash(monkeypatch, tmp_path):
 def test_keras_and_lambda_agree_on_the_same_png_bytes(lambda_module, trained_model, synthetic_dir):
     """Train/serve parity: Keras model fed through the shared preprocessing vs the
     Lambda handler running the TFLite model with LiteRT."""
+    from busi_classifier.inference import apply_temperature
     from busi_classifier.model import load_keras_model
     from busi_classifier.preprocessing import decode_image
 
     model = load_keras_model(trained_model / "model.keras")
+    temperature = json.loads((trained_model / "model.json").read_text())["calibration"]["temperature"]
     images = synthetic_images(synthetic_dir, 3)
     batch = np.stack([decode_image(data, TEST_IMAGE_SIZE) for _, data in images]).astype("float32")
-    keras_probabilities = model.predict(batch, verbose=0)
+    keras_probabilities = apply_temperature(model.predict(batch, verbose=0), temperature)
     served = np.array([
         list(lambda_module.lambda_handler(direct_event(data), None)["probabilities"].values()) for _, data in images
     ])
@@ -149,3 +151,35 @@ def test_keras_and_lambda_agree_on_the_same_png_bytes(lambda_module, trained_mod
     assert np.abs(served - keras_probabilities).max() < 1e-4
     # the comparison must mean something: the model is not saturated on every image
     assert ((served > 0.01) & (served < 0.99)).any()
+
+
+def test_handler_applies_the_temperature_of_model_json(trained_model, synthetic_dir, tmp_path, monkeypatch):
+    """Calibration travels with the model: the served probabilities are the raw TFLite
+    output scaled by model.json's temperature (same class, softer or sharper)."""
+    import importlib
+    import shutil
+    import sys
+
+    from busi_classifier.inference import Predictor, apply_temperature
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("model.tflite", "model.json"):
+        shutil.copy(trained_model / name, model_dir / name)
+    meta = json.loads((model_dir / "model.json").read_text())
+    meta["calibration"] = {"method": "temperature scaling", "temperature": 2.5}
+    (model_dir / "model.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("MODEL_PATH", str(model_dir / "model.tflite"))
+    sys.modules.pop("lambda_function", None)
+    try:
+        module = importlib.import_module("lambda_function")
+        raw_predictor = Predictor(trained_model / "model.tflite")
+        from busi_classifier.preprocessing import decode_image
+
+        for _, data in synthetic_images(synthetic_dir, 1):
+            served = np.array(list(module.lambda_handler(direct_event(data), None)["probabilities"].values()))
+            raw = raw_predictor.predict_array(decode_image(data, TEST_IMAGE_SIZE), calibrated=False)
+            np.testing.assert_allclose(served, apply_temperature(raw, 2.5), atol=1e-9)
+            assert served.max() < raw.max() or raw.max() > 0.999999
+    finally:
+        sys.modules.pop("lambda_function", None)

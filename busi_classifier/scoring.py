@@ -1,0 +1,123 @@
+"""Score an exported model (model.keras or any .tflite beside its model.json) on a split
+of split.csv: ``python -m busi_classifier evaluate --model DIR/model.tflite``.
+
+Gives the same numbers as training wrote (same images, same preprocessing, the
+temperature of model.json, the same bootstrap seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .config import CLASSES
+from .dataset import DatasetError, Sample, load_images
+from .inference import ModelLoadError, read_metadata
+
+
+def read_split(split_csv: Path, data_dir: Path, subset: str) -> list[Sample]:
+    """The samples of one split of split.csv (paths relative to ``data_dir``)."""
+    if not split_csv.is_file():
+        raise DatasetError(f"split file not found: {split_csv}")
+    with open(split_csv, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("split") == subset]
+    if not rows:
+        raise DatasetError(f"no rows with split {subset!r} in {split_csv}")
+    samples = []
+    for row in rows:
+        path = data_dir / row["path"]
+        if not path.is_file():
+            raise DatasetError(f"{row['path']} (listed in {split_csv}) not found under {data_dir}")
+        if row["label"] not in CLASSES:
+            raise DatasetError(f"unknown label {row['label']!r} for {row['path']} in {split_csv}")
+        samples.append(Sample(path=path.resolve(), label=row["label"]))
+    return samples
+
+
+def predict_raw(model_path: Path, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Uncalibrated probabilities of a .keras or .tflite model for uint8 images."""
+    if model_path.suffix == ".keras":
+        from .model import load_keras_model
+
+        model = load_keras_model(model_path)
+        return model.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
+    from .inference import Predictor
+
+    predictor = Predictor(model_path)
+    return np.stack([predictor.predict_array(image, calibrated=False) for image in images])
+
+
+def evaluate_model(model_path: str | Path, data_dir: str | Path | None = None, split_csv: str | Path | None = None,
+                   subset: str = "test", bootstrap: int | None = None, seed: int | None = None,
+                   progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(metrics, true labels, raw probabilities) of ``model_path`` on one split."""
+    from .evaluation import evaluate_predictions
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelLoadError(f"model file not found: {model_path}")
+    meta = read_metadata(model_path if model_path.suffix == ".tflite" else model_path.with_name("model.tflite"))
+    training = meta.get("training", {})
+    data_dir = Path(data_dir or meta.get("dataset", {}).get("root", ""))
+    split_csv = Path(split_csv) if split_csv else model_path.with_name("split.csv")
+    samples = read_split(split_csv, data_dir, subset)
+    images = load_images(samples, int(meta["input"]["size"]), progress)
+    y = np.array([s.label_index for s in samples])
+    raw = predict_raw(model_path, images, int(training.get("batch_size", 16)))
+    temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
+    metrics = evaluate_predictions(
+        y, raw, temperature,
+        n_resamples=bootstrap if bootstrap is not None else int(training.get("bootstrap_resamples", 1000)),
+        seed=seed if seed is not None else int(training.get("seed", 0)),
+    )
+    metrics.update({"model": str(model_path), "model_version": meta.get("model_version"), "subset": subset,
+                    "split_file": str(split_csv)})
+    return metrics, y, raw
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m busi_classifier evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model.keras or a .tflite file with model.json beside it")
+    p.add_argument("--data", default=None, help="dataset folder (default: the one recorded in model.json)")
+    p.add_argument("--split-csv", default=None, help="split file (default: split.csv beside the model)")
+    p.add_argument("--subset", default="test", choices=("train", "val", "test"), help="which split (default test)")
+    p.add_argument("--out", default=None, help="folder for evaluation-<model>-<subset>.json (default: beside the model)")
+    p.add_argument("--figures", default=None, help="folder for the figures (default: --out)")
+    p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: as in training)")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        metrics, y, raw = evaluate_model(args.model, args.data, args.split_csv, args.subset, args.bootstrap,
+                                         progress=not args.quiet)
+    except (DatasetError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from .training_figures import write_evaluation_figures
+
+    model_path = Path(args.model)
+    out = Path(args.out) if args.out else model_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"evaluation-{model_path.stem}-{model_path.suffix.lstrip('.')}-{args.subset}"
+    figures = write_evaluation_figures(metrics, y, raw, metrics["temperature"], Path(args.figures) if args.figures
+                                       else out, prefix=f"{name}-")
+    metrics["figures"] = {k: str(v) for k, v in figures.items()}
+    (out / f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    ci = metrics["ci95"]
+    print(f"{args.subset} split, n={metrics['n']}: accuracy {metrics['accuracy']:.3f} {_ci(ci['accuracy'])}, "
+          f"macro-F1 {metrics['macro_f1']:.3f} {_ci(ci['macro_f1'])}, macro AUC {_fmt(metrics['macro_auc'])} "
+          f"{_ci(ci['macro_auc'])}, ECE {metrics['ece']:.3f} -> {out / (name + '.json')}")
+    return 0
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _ci(interval) -> str:
+    return "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"

@@ -1,0 +1,136 @@
+"""Training options, determinism, fast head training and the evaluation command, each
+on a tiny synthetic run (32 px, a few images, one epoch a phase)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from busi_classifier.cli import train_main
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--image-size", "32", "--max-per-class", "6", "--batch-size", "4", "--bootstrap", "50", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A ResNet50 no-top weights file (random values): exercises the pretrained code path
+    (frozen base, cached features, gradual unfreezing) without downloading ImageNet."""
+    import keras
+
+    path = tmp_path_factory.mktemp("weights") / "resnet50_notop.weights.h5"
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    return path
+
+
+def run(data, out, *extra) -> dict:
+    assert train_main(["--data", str(data), "--out", str(out), *TINY, *extra]) == 0
+    return json.loads((out / "model.json").read_text())
+
+
+def history_of(out) -> dict:
+    return json.loads((out / "history.json").read_text())
+
+
+def test_pretrained_head_on_cached_features_then_gradual_unfreezing(synthetic_dir, weights_file, tmp_path):
+    out = tmp_path / "run"
+    meta = run(synthetic_dir, out, "--weights", str(weights_file), "--epochs-head", "1", "--epochs-fine-tune", "1",
+               "--fine-tune-stages", "conv5_block1_1_conv,conv4_block1_1_conv", "--feature-views", "3",
+               "--augment", "all", "--lr-schedule", "plateau", "--early-stopping", "3")
+    assert history_of(out)["phase"] == ["1-head", "2-fine-tune-1", "2-fine-tune-2"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "1-head features" in metrics["timings_s"]
+    training = meta["training"]
+    assert training["fine_tune_stages"] == ["conv5_block1_1_conv", "conv4_block1_1_conv"]
+    assert training["cache_features"] is True and training["feature_views"] == 3
+    assert training["augment"] == ["flip", "rotate", "zoom", "brightness", "contrast", "speckle"]
+    for name in ("training_curves.png", "confusion_matrix.png", "roc_curves.png", "reliability.png"):
+        assert (out / name).stat().st_size > 5000, name
+
+
+def test_loss_schedule_selection_options_are_used_and_recorded(synthetic_dir, tmp_path):
+    out = tmp_path / "run"
+    meta = run(synthetic_dir, out, "--weights", "none", "--epochs-head", "2", "--epochs-fine-tune", "0",
+               "--loss", "focal", "--focal-gamma", "1.5", "--label-smoothing", "0.1", "--lr-schedule", "cosine",
+               "--warmup-epochs", "1", "--monitor", "val_macro_auc", "--no-class-weights", "--augment",
+               "flip,speckle", "--early-stopping", "0", "--no-deterministic")
+    t = meta["training"]
+    assert (t["loss"], t["focal_gamma"], t["label_smoothing"], t["lr_schedule"], t["monitor"]) == (
+        "focal", 1.5, 0.1, "cosine", "val_macro_auc")
+    assert t["class_weights"] is False and t["augment"] == ["flip", "speckle"] and t["deterministic"] is False
+    history = history_of(out)
+    assert len(history["loss"]) == 2 and "val_macro_auc" in history
+    # cosine with one warm-up epoch: at the peak after epoch 1, decayed to 1 % of it at the end
+    assert history["learning_rate"] == pytest.approx([1e-3, 1e-5], rel=1e-3)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["monitor"] == "val_macro_auc"
+
+
+def test_bad_option_is_a_clear_error(synthetic_dir, tmp_path, capsys):
+    assert train_main(["--data", str(synthetic_dir), "--out", str(tmp_path), "--augment", "flip,blur"]) == 2
+    assert "unknown augmentation(s) blur" in capsys.readouterr().err
+    assert train_main(["--data", str(synthetic_dir), "--out", str(tmp_path), "--label-smoothing", "1.5"]) == 2
+
+
+def test_same_seed_gives_the_same_model(synthetic_dir, tmp_path):
+    args = ["--weights", "none", "--epochs-head", "1", "--epochs-fine-tune", "0", "--seed", "7"]
+    a = run(synthetic_dir, tmp_path / "a", *args)
+    b = run(synthetic_dir, tmp_path / "b", *args)
+    # model_version carries the SHA-256 of model.tflite: equal means byte-identical weights
+    assert a["model_version"] == b["model_version"]
+    assert (tmp_path / "a" / "split.csv").read_text() == (tmp_path / "b" / "split.csv").read_text()
+
+
+def test_cached_features_give_the_same_head_as_running_the_base(synthetic_dir, weights_file, tmp_path):
+    """Fast head training is an optimisation, not a different method: without
+    augmentation and with one view, the head trains to the same weights."""
+    import keras
+
+    from busi_classifier.model import load_keras_model
+
+    common = ["--weights", str(weights_file), "--epochs-head", "2", "--epochs-fine-tune", "0", "--augment", "none",
+              "--feature-views", "1", "--early-stopping", "0", "--lr-schedule", "constant"]
+    run(synthetic_dir, tmp_path / "cached", *common, "--cache-features")
+    run(synthetic_dir, tmp_path / "full", *common, "--no-cache-features")
+    heads = [load_keras_model(tmp_path / name / "model.keras").get_layer("probabilities").get_weights()
+             for name in ("cached", "full")]
+    for a, b in zip(*heads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    h_cached, h_full = history_of(tmp_path / "cached"), history_of(tmp_path / "full")
+    np.testing.assert_allclose(h_cached["val_loss"], h_full["val_loss"], rtol=1e-3)
+    keras.backend.clear_session()
+
+
+def test_mirrored_strategy_and_mixed_precision_run_on_cpu(synthetic_dir, tmp_path):
+    out = tmp_path / "run"
+    meta = run(synthetic_dir, out, "--weights", "none", "--epochs-head", "1", "--epochs-fine-tune", "0",
+               "--distribute", "mirrored", "--mixed-precision")
+    assert meta["training"]["distribute"] == "mirrored" and meta["training"]["mixed_precision"] is True
+    # the export is float32 whatever the training policy: LiteRT loads it and it sums to one
+    from busi_classifier.inference import Predictor
+
+    predictor = Predictor(out / "model.tflite")
+    p = predictor.predict_array(np.zeros((32, 32, 3), dtype=np.uint8))
+    assert p.shape == (3,) and p.sum() == pytest.approx(1.0, abs=1e-5)
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_evaluate_command_reproduces_what_training_wrote(trained_model, capsys):
+    from busi_classifier.scoring import main
+
+    written = json.loads((trained_model / "metrics.json").read_text())["test"]
+    assert main(["--model", str(trained_model / "model.keras"), "--quiet"]) == 0
+    assert "test split" in capsys.readouterr().out
+    again = json.loads((trained_model / "evaluation-model-keras-test.json").read_text())
+    for key in ("n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece", "temperature"):
+        assert again[key] == pytest.approx(written[key], abs=1e-6), key
+    assert again["confusion_matrix"] == written["confusion_matrix"]
+    assert again["ci95"]["accuracy"] == pytest.approx(written["ci95"]["accuracy"], abs=1e-6)
+    # the TFLite model (LiteRT) on the same split: same predictions, probabilities within 1e-4
+    assert main(["--model", str(trained_model / "model.tflite"), "--quiet"]) == 0
+    tflite = json.loads((trained_model / "evaluation-model-tflite-test.json").read_text())
+    assert tflite["confusion_matrix"] == written["confusion_matrix"]
+    assert tflite["macro_auc"] == pytest.approx(written["macro_auc"], abs=1e-3)
