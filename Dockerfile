@@ -10,10 +10,11 @@ FROM public.ecr.aws/lambda/python:3.12
 COPY requirements.txt ${LAMBDA_TASK_ROOT}/
 RUN pip install --no-cache-dir -r ${LAMBDA_TASK_ROOT}/requirements.txt --target ${LAMBDA_TASK_ROOT}
 
-# The model: model.tflite with its model.json (classes, input size, version).
+# The model: model.json (classes, input size, version, default variant) and the TFLite
+# variants; the function serves model.json's default_variant unless MODEL_VARIANT says otherwise.
 ARG MODEL_DIR=artifacts/model
-COPY ${MODEL_DIR}/model.tflite ${MODEL_DIR}/model.json ${LAMBDA_TASK_ROOT}/model/
-ENV MODEL_PATH=${LAMBDA_TASK_ROOT}/model/model.tflite
+COPY ${MODEL_DIR}/model.json ${MODEL_DIR}/model.tflite ${MODEL_DIR}/model_float16.tflite ${MODEL_DIR}/model_int8_dynamic.tflite ${MODEL_DIR}/model_int8_full.tflite ${LAMBDA_TASK_ROOT}/model/
+ENV MODEL_PATH=${LAMBDA_TASK_ROOT}/model
 
 # The serving modules only (tests check this list covers everything lambda_function imports).
 COPY busi_classifier/__init__.py busi_classifier/config.py busi_classifier/preprocessing.py busi_classifier/inference.py busi_classifier/handler.py ${LAMBDA_TASK_ROOT}/busi_classifier/

@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/python -m busi_classifier synthesize --out $(DEMO_DATA) --per-class 60 --seed 0
 	$(BIN)/python train.py --data $(DEMO_DATA) --out $(DEMO_OUT) --weights none \
 		--image-size 128 --epochs-head 8 --epochs-fine-tune 0 --batch-size 16
-	$(BIN)/python -m busi_classifier invoke --model $(DEMO_OUT)/model.tflite --data $(DEMO_DATA) --per-class 2
+	$(BIN)/python -m busi_classifier invoke --model $(DEMO_OUT) --data $(DEMO_DATA) --per-class 2
 
 test: setup
 	$(BIN)/python -m pytest

@@ -1,7 +1,9 @@
 """AWS Lambda entry point: `lambda_function.lambda_handler`.
 
-The model is loaded once, when the container starts (init), from MODEL_PATH; default:
-model/model.tflite beside this file (where the Dockerfile copies it). Imports no
+The model is loaded once, when the container starts (init), from MODEL_PATH: a model
+folder (model.json and the .tflite variants; its default variant is served unless
+MODEL_VARIANT names another) or one .tflite file. Default: model/ beside this file (where
+the Dockerfile copies it). Imports no
 TensorFlow: only the serving modules of busi_classifier, NumPy, Pillow and LiteRT.
 """
 
@@ -15,7 +17,7 @@ from busi_classifier.inference import ModelLoadError, Predictor
 logging.getLogger().setLevel(os.environ.get("LOG_LEVEL", "INFO"))
 logging.getLogger("busi_classifier").setLevel(os.environ.get("LOG_LEVEL", "INFO"))
 
-MODEL_PATH = os.environ.get("MODEL_PATH", str(Path(__file__).resolve().parent / "model" / "model.tflite"))
+MODEL_PATH = os.environ.get("MODEL_PATH", str(Path(__file__).resolve().parent / "model"))
 
 try:
     PREDICTOR = Predictor(MODEL_PATH)

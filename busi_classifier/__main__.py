@@ -19,7 +19,8 @@ def invoke_main(argv) -> int:
     """Run lambda_function.lambda_handler in this process on a few images of each class,
     through every event shape, and print the answers (what `make demo` shows)."""
     p = argparse.ArgumentParser(prog="python -m busi_classifier invoke", description=invoke_main.__doc__)
-    p.add_argument("--model", default="artifacts/model/model.tflite", help="path of model.tflite")
+    p.add_argument("--model", default="artifacts/model",
+                   help="model folder (serves its default variant, or MODEL_VARIANT) or a .tflite file")
     p.add_argument("--data", required=True, help="dataset folder in the BUSI layout")
     p.add_argument("--per-class", type=int, default=2)
     args = p.parse_args(argv)

@@ -1,4 +1,5 @@
-"""Write the trained model: model.keras, model.tflite (float32), model.json."""
+"""Write the trained model: model.keras, the TFLite variants (float32, float16, int8
+dynamic range, int8 full integer), model.json with the evidence for the default variant."""
 
 from __future__ import annotations
 
@@ -8,15 +9,25 @@ import io
 import json
 import os
 import platform
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from . import __version__
 from .config import CLASSES, PREPROCESSING_DESCRIPTION, TrainConfig
+from .variants import (
+    MAX_MACRO_F1_LOSS,
+    MIN_TOP1_AGREEMENT,
+    VARIANT_FILES,
+    VARIANTS,
+    agreement_evidence,
+    choose_default,
+)
 
 TRACKED_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pillow", "ai-edge-litert")
 
@@ -31,12 +42,64 @@ def package_versions() -> dict:
     return versions
 
 
-def convert_to_tflite(model: keras.Model) -> bytes:
-    """float32 TFLite flatbuffer of the Keras model (input: raw RGB 0..255)."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    # The converter prints the whole SavedModel signature; keep the console readable.
+def convert_to_tflite(model: keras.Model, variant: str = "float32", representative: np.ndarray | None = None) -> bytes:
+    """TFLite flatbuffer of the Keras model (input: raw RGB 0..255, float32; output:
+    probabilities, float32) in one of the VARIANTS:
+
+    * float32: the reference;
+    * float16: weights stored as float16 (half the size), computed in float32;
+    * int8_dynamic: dynamic-range quantisation, int8 weights, activations quantised on the fly;
+    * int8_full: full-integer int8 kernels, activation ranges calibrated on
+      ``representative`` images from the training split (float32 input and output kept).
+    """
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)  # batch dimension fixed to 1
+    if variant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "int8_dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8_full":
+        if representative is None or not len(representative):
+            raise ValueError("int8_full needs representative images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        def samples():
+            for image in representative:
+                yield [np.asarray(image, dtype=np.float32)[None]]
+
+        converter.representative_dataset = samples
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    elif variant != "float32":
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    # The converter prints the whole signature and MLIR notes; keep the console readable.
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
+
+
+def _predictor(path: Path, image_size: int):
+    from .inference import Predictor
+
+    return Predictor(path, num_threads=1, metadata={"classes": list(CLASSES), "input": {"size": image_size}})
+
+
+def run_tflite(path: Path, images: np.ndarray, image_size: int) -> np.ndarray:
+    """Raw probabilities of a .tflite file for uint8 images, one invoke per image (LiteRT)."""
+    predictor = _predictor(path, image_size)
+    return np.stack([predictor.predict_array(image, calibrated=False) for image in images]) if len(images) else \
+        np.zeros((0, len(CLASSES)))
+
+
+def latency_ms(path: Path, image: np.ndarray, repeats: int = 10) -> float:
+    """Median time of one invoke on one thread (after two warm-up runs)."""
+    predictor = _predictor(path, image.shape[0])
+    for _ in range(2):
+        predictor.predict_array(image, calibrated=False)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predictor.predict_array(image, calibrated=False)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -52,15 +115,40 @@ def export_model(
     dataset_info: dict,
     metrics: dict,
     calibration: dict | None = None,
+    representative: np.ndarray | None = None,
+    evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Write model.keras, model.tflite and model.json into ``out_dir``; return the metadata."""
+    """Write model.keras, every TFLite variant and model.json into ``out_dir``; return
+    the metadata.
+
+    ``representative``: uint8 training images for int8_full calibration (without them
+    that variant is skipped). ``evaluation``: (test images, labels, Keras probabilities):
+    each variant is scored against the Keras model on them and the default variant is
+    chosen by ``variants.choose_default``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     inference_copy = keras.models.clone_model(model)  # uncompiled: no optimizer state in the file
     inference_copy.set_weights(model.get_weights())
     inference_copy.save(out_dir / "model.keras")
-    tflite = convert_to_tflite(model)
-    (out_dir / "model.tflite").write_bytes(tflite)
-    digest = hashlib.sha256(tflite).hexdigest()
+    from tqdm import tqdm
+
+    names = [v for v in VARIANTS if v != "int8_full" or representative is not None]
+    files: dict[str, dict] = {}
+    for variant in tqdm(names, desc="TFLite variants", unit="variant", disable=not progress):
+        data = convert_to_tflite(model, variant, representative)
+        (out_dir / VARIANT_FILES[variant]).write_bytes(data)
+        files[variant] = {"file": VARIANT_FILES[variant], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    digest = files["float32"]["sha256"]
+    if evaluation is not None:
+        images, labels, reference = evaluation
+        probe = images[0] if len(images) else np.zeros((config.image_size, config.image_size, 3), np.uint8)
+        for entry in files.values():
+            path = out_dir / entry["file"]
+            entry["latency_ms"] = latency_ms(path, probe)
+            entry["evidence"] = agreement_evidence(reference, run_tflite(path, images, config.image_size), labels)
+        default, reason = choose_default(files)
+    else:
+        default, reason = "float32", "no evaluation data given: the float32 reference is served"
     meta = {
         "name": "busi-resnet50",
         "model_version": f"{__version__}+{digest[:12]}",
@@ -76,8 +164,14 @@ def export_model(
         },
         "output": {"name": "probabilities", "shape": [1, len(CLASSES)], "activation": "softmax"},
         "preprocessing": PREPROCESSING_DESCRIPTION,
+        "variants": files,
+        "default_variant": default,
+        "default_variant_reason": reason,
+        "variant_rule": {"max_macro_f1_loss": MAX_MACRO_F1_LOSS, "min_top1_agreement": MIN_TOP1_AGREEMENT,
+                         "evidence_split": "test", "speed": "median LiteRT invoke, 1 thread, at export"},
         "files": {
-            "model.tflite": {"variant": "float32", "bytes": len(tflite), "sha256": digest},
+            **{entry["file"]: {"variant": name, "bytes": entry["bytes"], "sha256": entry["sha256"]}
+               for name, entry in files.items()},
             "model.keras": {"bytes": (out_dir / "model.keras").stat().st_size},
         },
         "training": config.to_dict(),

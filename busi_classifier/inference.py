@@ -37,28 +37,54 @@ def default_num_threads() -> int:
 
 
 def read_metadata(model_path: Path) -> dict:
-    meta_path = model_path.with_name("model.json")
+    """model.json of a model folder, or the one beside a .tflite file."""
+    meta_path = model_path / "model.json" if model_path.is_dir() else model_path.with_name("model.json")
     if not meta_path.is_file():
-        raise ModelLoadError(f"model.json not found beside {model_path} (export writes both files together)")
+        raise ModelLoadError(f"model.json not found in {meta_path.parent} (export writes it beside the .tflite files)")
     try:
         return json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"model.json is not valid JSON: {exc}") from None
 
 
+def resolve_model_file(model_path: Path, metadata: dict, variant: str | None = None) -> tuple[Path, str]:
+    """(the .tflite file to load, its variant name). A folder serves ``variant``, else
+    MODEL_VARIANT, else model.json's default_variant; a file serves itself unless a
+    variant is asked for, which is then looked up beside it."""
+    folder = model_path if model_path.is_dir() else model_path.parent
+    variants = metadata.get("variants") or {"float32": {"file": "model.tflite"}}
+    requested = variant or os.environ.get("MODEL_VARIANT") or None
+    if requested is None and model_path.is_dir():
+        requested = metadata.get("default_variant", "float32")
+    if requested is None:
+        by_file = {entry["file"]: name for name, entry in variants.items()}
+        return model_path, by_file.get(model_path.name, "custom")
+    if requested not in variants:
+        raise ModelLoadError(f"model variant {requested!r} (MODEL_VARIANT) is not in model.json; "
+                             f"available: {', '.join(variants)}")
+    return folder / variants[requested]["file"], requested
+
+
 class Predictor:
     """One LiteRT interpreter, created once and reused for every image."""
 
-    def __init__(self, model_path: str | os.PathLike, num_threads: int | None = None):
+    def __init__(self, model_path: str | os.PathLike, num_threads: int | None = None, variant: str | None = None,
+                 metadata: dict | None = None):
+        """``model_path``: a model folder (model.json and the .tflite variants) or one
+        .tflite file with model.json beside it; see ``resolve_model_file``. ``metadata``
+        stands in for model.json (the export uses it before model.json exists)."""
         from ai_edge_litert.interpreter import Interpreter
 
-        self.model_path = Path(model_path)
-        if not self.model_path.is_file():
+        path = Path(model_path)
+        if not path.exists():
             raise ModelLoadError(
-                f"model file not found: {self.model_path} (set MODEL_PATH, or train one with "
+                f"model not found: {path} (set MODEL_PATH to a model folder or .tflite file, or train one with "
                 "`python train.py --data DIR --out artifacts/model`)"
             )
-        self.metadata = read_metadata(self.model_path)
+        self.metadata = metadata if metadata is not None else read_metadata(path)
+        self.model_path, self.variant = resolve_model_file(path, self.metadata, variant)
+        if not self.model_path.is_file():
+            raise ModelLoadError(f"model file not found: {self.model_path} (variant {self.variant})")
         self.classes: list[str] = list(self.metadata["classes"])
         self.image_size: int = int(self.metadata["input"]["size"])
         self.model_version: str = self.metadata.get("model_version", "unknown")
@@ -84,6 +110,9 @@ class Predictor:
         self.interpreter.set_tensor(self._input["index"], self._buffer)
         self.interpreter.invoke()
         raw = np.array(self.interpreter.get_tensor(self._output["index"])[0], dtype=np.float64)
+        total = raw.sum()
+        if total > 0:  # a full-integer model's softmax comes in steps of 1/256 and sums only nearly to 1
+            raw /= total
         return apply_temperature(raw, self.temperature) if calibrated and self.temperature != 1.0 else raw
 
     def predict_bytes(self, data: bytes) -> dict:

@@ -20,6 +20,7 @@ from .inference import apply_temperature
 from .splitting import SPLITS, SplitResult, grouped_kfold, grouped_split, stratified_split, write_split_csv
 
 MIN_CALIBRATION_IMAGES = 20  # fewer validation images fit a temperature to noise
+REPRESENTATIVE_IMAGES = 100  # training images that calibrate the int8_full activation ranges
 
 
 def prepare_split(config: TrainConfig, progress: bool = True) -> tuple[Path, list, SplitResult]:
@@ -340,9 +341,12 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         export_source.set_weights(model.get_weights())
     else:
         export_source = model
-    print("exporting model.keras, model.tflite, model.json ...", flush=True)
+    print("exporting model.keras, the TFLite variants, model.json ...", flush=True)
+    rng = np.random.default_rng(config.seed)
+    representative = x["train"][np.sort(rng.permutation(len(x["train"]))[:REPRESENTATIVE_IMAGES])]
     meta = export_model(export_source, out_dir, config, dataset_info, {"test": _headline(test_metrics)},
-                        calibration)
+                        calibration, representative, (x["test"], y["test"], p_test), progress)
+    print(f"default variant: {meta['default_variant']} ({meta['default_variant_reason']})", flush=True)
     figures_dir = Path(config.figures_dir) if config.figures_dir else out_dir
     figures = write_training_figures(history, test_metrics, y["test"], p_test, temperature, figures_dir)
     write_json(out_dir / "metrics.json", {

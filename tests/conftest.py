@@ -38,13 +38,29 @@ def trained_model(synthetic_dir, tmp_path_factory) -> Path:
     return out
 
 
+def fresh_lambda(monkeypatch, model_path, variant: str | None = None):
+    """Import lambda_function anew with MODEL_PATH (and MODEL_VARIANT) set."""
+    monkeypatch.setenv("MODEL_PATH", str(model_path))
+    if variant:
+        monkeypatch.setenv("MODEL_VARIANT", variant)
+    else:
+        monkeypatch.delenv("MODEL_VARIANT", raising=False)
+    sys.modules.pop("lambda_function", None)
+    return importlib.import_module("lambda_function")
+
+
 @pytest.fixture
 def lambda_module(trained_model, monkeypatch):
-    """lambda_function imported fresh with MODEL_PATH pointing at the trained model."""
-    monkeypatch.setenv("MODEL_PATH", str(trained_model / "model.tflite"))
+    """lambda_function imported fresh, MODEL_PATH = the trained model's folder: it serves
+    model.json's default variant."""
+    yield fresh_lambda(monkeypatch, trained_model)
     sys.modules.pop("lambda_function", None)
-    module = importlib.import_module("lambda_function")
-    yield module
+
+
+@pytest.fixture
+def float32_lambda(trained_model, monkeypatch):
+    """lambda_function serving the float32 reference variant (MODEL_VARIANT=float32)."""
+    yield fresh_lambda(monkeypatch, trained_model, "float32")
     sys.modules.pop("lambda_function", None)
 
 

@@ -27,7 +27,8 @@ def assert_prediction(answer: dict) -> None:
 
 
 def test_training_writes_every_artifact(trained_model, synthetic_dir):
-    for name in ("model.keras", "model.tflite", "model.json", "metrics.json", "split.csv", "history.json"):
+    for name in ("model.keras", "model.tflite", "model_float16.tflite", "model_int8_dynamic.tflite",
+                 "model_int8_full.tflite", "model.json", "metrics.json", "split.csv", "history.json"):
         assert (trained_model / name).is_file(), name
     meta = json.loads((trained_model / "model.json").read_text())
     assert meta["classes"] == ["normal", "benign", "malignant"]
@@ -37,6 +38,7 @@ def test_training_writes_every_artifact(trained_model, synthetic_dir):
     assert len(meta["dataset"]["fingerprint_sha256"]) == 64
     assert meta["packages"]["keras"] and meta["packages"]["numpy"]
     assert meta["model_version"].endswith(meta["files"]["model.tflite"]["sha256"][:12])
+    assert meta["default_variant"] in meta["variants"] and meta["default_variant_reason"]
     metrics = json.loads((trained_model / "metrics.json").read_text())["test"]
     matrix = np.array(metrics["confusion_matrix"]["rows_true_cols_pred"])
     assert matrix.shape == (3, 3) and matrix.sum() == metrics["n"]
@@ -132,9 +134,10 @@ def test_missing_model_gives_503_not_a_crash(monkeypatch, tmp_path):
         sys.modules.pop("lambda_function", None)
 
 
-def test_keras_and_lambda_agree_on_the_same_png_bytes(lambda_module, trained_model, synthetic_dir):
+def test_keras_and_lambda_agree_on_the_same_png_bytes(float32_lambda, trained_model, synthetic_dir):
     """Train/serve parity: Keras model fed through the shared preprocessing vs the
-    Lambda handler running the TFLite model with LiteRT."""
+    Lambda handler running the float32 TFLite model with LiteRT (the quantised variants
+    are held to their own gates, tests/test_variants.py)."""
     from busi_classifier.inference import apply_temperature
     from busi_classifier.model import load_keras_model
     from busi_classifier.preprocessing import decode_image
@@ -145,7 +148,7 @@ def test_keras_and_lambda_agree_on_the_same_png_bytes(lambda_module, trained_mod
     batch = np.stack([decode_image(data, TEST_IMAGE_SIZE) for _, data in images]).astype("float32")
     keras_probabilities = apply_temperature(model.predict(batch, verbose=0), temperature)
     served = np.array([
-        list(lambda_module.lambda_handler(direct_event(data), None)["probabilities"].values()) for _, data in images
+        list(float32_lambda.lambda_handler(direct_event(data), None)["probabilities"].values()) for _, data in images
     ])
     assert served.shape == keras_probabilities.shape == (9, 3)
     assert np.abs(served - keras_probabilities).max() < 1e-4
@@ -170,6 +173,7 @@ def test_handler_applies_the_temperature_of_model_json(trained_model, synthetic_
     meta["calibration"] = {"method": "temperature scaling", "temperature": 2.5}
     (model_dir / "model.json").write_text(json.dumps(meta))
     monkeypatch.setenv("MODEL_PATH", str(model_dir / "model.tflite"))
+    monkeypatch.delenv("MODEL_VARIANT", raising=False)
     sys.modules.pop("lambda_function", None)
     try:
         module = importlib.import_module("lambda_function")

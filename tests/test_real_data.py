@@ -53,7 +53,7 @@ def test_short_run_on_busi_trains_exports_and_serves(tmp_path, monkeypatch):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 24 and all((BUSI_DIR / r["path"]).is_file() for r in rows)
 
-    monkeypatch.setenv("MODEL_PATH", str(out / "model.tflite"))
+    monkeypatch.setenv("MODEL_PATH", str(out))
     sys.modules.pop("lambda_function", None)
     try:
         module = importlib.import_module("lambda_function")
