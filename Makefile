@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DATA := data/synthetic
 DEMO_OUT  := artifacts/model
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# Serving benchmarks into BENCHMARKS.md (BENCH_MODEL=folder of a trained model; the demo's by default).
+BENCH_MODEL ?= $(DEMO_OUT)
+bench: setup
+	test -f $(BENCH_MODEL)/model.json || $(MAKE) demo
+	$(BIN)/python benchmarks/serving.py --model $(BENCH_MODEL)
 
 lint: setup
 	$(BIN)/ruff check .
