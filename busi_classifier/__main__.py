@@ -1,4 +1,4 @@
-"""`python -m busi_classifier COMMAND`: synthesize | train | invoke."""
+"""`python -m busi_classifier COMMAND`: synthesize | train | invoke | serve."""
 
 from __future__ import annotations
 
@@ -71,14 +71,21 @@ def invoke_main(argv) -> int:
     return 0
 
 
+def serve_main(argv) -> int:
+    from .server import serve_main as main
+
+    return main(argv)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"synthesize": synthesize_main, "invoke": invoke_main}
+    commands = {"synthesize": synthesize_main, "invoke": invoke_main, "serve": serve_main}
     if not argv or argv[0] in ("-h", "--help") or (argv[0] not in commands and argv[0] != "train"):
-        print("usage: python -m busi_classifier {synthesize,train,invoke} [options]\n"
+        print("usage: python -m busi_classifier {synthesize,train,invoke,serve} [options]\n"
               "  synthesize  write a synthetic dataset in the BUSI layout\n"
               "  train       same as train.py\n"
-              "  invoke      run the Lambda handler on a few images through every event shape")
+              "  invoke      run the Lambda handler on a few images through every event shape\n"
+              "  serve       a local HTTP endpoint (POST /predict, GET /health) for the Lambda handler")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     if argv[0] == "train":
         from .cli import train_main
