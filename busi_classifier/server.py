@@ -154,10 +154,8 @@ class LambdaRequestHandler(BaseHTTPRequestHandler):
         method) as JSON in the API's error shape."""
         if code == 501:  # a method http.server has no do_ method for
             code, name, text = 405, "method_not_allowed", "method not allowed; use POST /predict or GET /health"
-        else:
-            name = {400: "invalid_request", 408: "request_timeout", 413: "payload_too_large",
-                    414: "uri_too_long", 431: "headers_too_large"}.get(code, "invalid_request")
-            text = message or "bad request"
+        else:  # malformed request line or headers, URI or header line too long
+            code, name, text = 400, "invalid_request", f"malformed HTTP request ({message or 'bad request'})"
         self._send(code, [("Content-Type", "application/json")], _error_json(name, text), close=True)
 
     def _send(self, status: int, headers: list[tuple[str, str]], body: bytes, close: bool = False) -> None:
