@@ -172,3 +172,14 @@ def test_dockerignore_lets_sam_build_see_the_model():
     ignore = (ROOT / ".dockerignore").read_text()
     assert "!artifacts/**/model.tflite" in ignore and "!artifacts/**/model.json" in ignore
     assert Path(ROOT / "Dockerfile").read_text().count("ARG MODEL_DIR=artifacts/model") == 1
+
+
+def test_samconfig_gives_sam_deploy_what_the_template_needs():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    deploy = config["default"]["deploy"]["parameters"]
+    assert "CAPABILITY_AUTO_EXPAND" in deploy["capabilities"]  # the LanguageExtensions transform
+    assert "CAPABILITY_IAM" in deploy["capabilities"]  # SAM creates the function's role
+    assert deploy["resolve_image_repos"] is True  # an ECR repository for the image
+    assert config["default"]["global"]["parameters"]["stack_name"] == "busi-classifier"
