@@ -25,6 +25,9 @@ def invoke_main(argv) -> int:
     args = p.parse_args(argv)
 
     os.environ["MODEL_PATH"] = str(Path(args.model).resolve())
+    # the answers are printed for a person: no JSON request log or metric lines between them
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("EMF_METRICS", "off")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import lambda_function
 
