@@ -17,7 +17,7 @@ COPY ${MODEL_DIR}/model.json ${MODEL_DIR}/model.tflite ${MODEL_DIR}/model_float1
 ENV MODEL_PATH=${LAMBDA_TASK_ROOT}/model
 
 # The serving modules only (tests check this list covers everything lambda_function imports).
-COPY busi_classifier/__init__.py busi_classifier/config.py busi_classifier/preprocessing.py busi_classifier/inference.py busi_classifier/handler.py ${LAMBDA_TASK_ROOT}/busi_classifier/
+COPY busi_classifier/__init__.py busi_classifier/config.py busi_classifier/preprocessing.py busi_classifier/inference.py busi_classifier/handler.py busi_classifier/observability.py busi_classifier/remote_image.py ${LAMBDA_TASK_ROOT}/busi_classifier/
 COPY lambda_function.py ${LAMBDA_TASK_ROOT}/
 
 CMD ["lambda_function.lambda_handler"]

@@ -5,17 +5,20 @@ folder (model.json and the .tflite variants; its default variant is served unles
 MODEL_VARIANT names another) or one .tflite file. Default: model/ beside this file (where
 the Dockerfile copies it). Imports no
 TensorFlow: only the serving modules of busi_classifier, NumPy, Pillow and LiteRT.
+Logs are JSON lines on stdout (busi_classifier.observability), LOG_LEVEL sets the level.
 """
 
 import logging
 import os
 from pathlib import Path
 
+from busi_classifier import observability
 from busi_classifier.handler import handle
 from busi_classifier.inference import ModelLoadError, Predictor
 
-logging.getLogger().setLevel(os.environ.get("LOG_LEVEL", "INFO"))
-logging.getLogger("busi_classifier").setLevel(os.environ.get("LOG_LEVEL", "INFO"))
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL in observability.LEVELS:  # a typo in LOG_LEVEL must not stop the function
+    logging.getLogger().setLevel(LOG_LEVEL)
 
 MODEL_PATH = os.environ.get("MODEL_PATH", str(Path(__file__).resolve().parent / "model"))
 
@@ -24,7 +27,7 @@ try:
     LOAD_ERROR = None
 except ModelLoadError as exc:  # answer every request with a clear 503 instead of crashing init
     PREDICTOR, LOAD_ERROR = None, str(exc)
-    logging.getLogger("busi_classifier").error("model not loaded: %s", exc)
+    observability.log("ERROR", "model not loaded", reason=LOAD_ERROR)
 
 
 def lambda_handler(event, context):

@@ -1,4 +1,4 @@
-"""`python -m busi_classifier COMMAND`: synthesize | train | evaluate | invoke."""
+"""`python -m busi_classifier COMMAND`: synthesize | train | evaluate | invoke | serve."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def invoke_main(argv) -> int:
     args = p.parse_args(argv)
 
     os.environ["MODEL_PATH"] = str(Path(args.model).resolve())
+    # the answers are printed for a person: no JSON request log or metric lines between them
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("EMF_METRICS", "off")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import lambda_function
 
@@ -78,15 +81,22 @@ def evaluate_main(argv) -> int:
     return main(argv)
 
 
+def serve_main(argv) -> int:
+    from .server import serve_main as main
+
+    return main(argv)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"synthesize": synthesize_main, "invoke": invoke_main, "evaluate": evaluate_main}
+    commands = {"synthesize": synthesize_main, "invoke": invoke_main, "evaluate": evaluate_main, "serve": serve_main}
     if not argv or argv[0] in ("-h", "--help") or (argv[0] not in commands and argv[0] != "train"):
-        print("usage: python -m busi_classifier {synthesize,train,evaluate,invoke} [options]\n"
+        print("usage: python -m busi_classifier {synthesize,train,evaluate,invoke,serve} [options]\n"
               "  synthesize  write a synthetic dataset in the BUSI layout\n"
               "  train       same as train.py\n"
               "  evaluate    score an exported model.keras / .tflite on a split of split.csv\n"
-              "  invoke      run the Lambda handler on a few images through every event shape")
+              "  invoke      run the Lambda handler on a few images through every event shape\n"
+              "  serve       a local HTTP endpoint (POST /predict, GET /health) for the Lambda handler")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     if argv[0] == "train":
         from .cli import train_main

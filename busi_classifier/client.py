@@ -6,11 +6,15 @@ to reach the model:
 * the local Lambda runtime interface emulator (default), i.e. the container started
   with ``docker run -p 9000:8080 IMAGE``;
 * an API Gateway stage URL (``--endpoint https://.../prod``): POST to ``.../predict``;
+  ``python -m busi_classifier serve`` answers there too (``--endpoint http://localhost:8000``);
+* the API of a stack deployed from template.yaml (``--stack NAME``): its URL is read
+  from the stack's ``ApiUrl`` output through boto3;
 * a deployed Lambda function invoked directly through boto3 (``--function NAME``).
 
-The request body is always ``{"image": "<base64 of the file bytes>"}``. Only the
-standard library is imported at module level; boto3 is imported lazily when
-``--function`` is used.
+The request body is always ``{"image": "<base64 of the file bytes>"}``; ``--api-key``
+(or BUSI_API_KEY) adds the ``x-api-key`` header that an API deployed with
+``ApiKeyRequired=true`` wants. Only the standard library is imported at module level;
+boto3 is imported lazily when ``--function`` or ``--stack`` is used.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import socket
 import sys
 import urllib.error
@@ -30,6 +35,8 @@ DEFAULT_ENDPOINT = "http://localhost:9000/2015-03-31/functions/function/invocati
 DEFAULT_TIMEOUT = 60.0
 EMULATOR_PATH_MARKER = "/2015-03-31/functions/"
 PREDICT_PATH = "/predict"
+API_URL_OUTPUT = "ApiUrl"  # the output of template.yaml that holds the stage URL
+API_KEY_ENV = "BUSI_API_KEY"
 USER_AGENT = "busi-classifier-client/0.1"
 
 # A synchronous Lambda invocation accepts at most 6 MB of request payload (API Gateway
@@ -128,23 +135,17 @@ def resolve_url(endpoint: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=path))
 
 
-def post_json(url: str, payload: dict, timeout: float = DEFAULT_TIMEOUT) -> Any:
+def post_json(url: str, payload: dict, timeout: float = DEFAULT_TIMEOUT, api_key: str | None = None) -> Any:
     """POST ``payload`` as JSON and return the decoded JSON answer.
 
     Raises ``ErrorAnswer`` for an HTTP 4xx/5xx whose body is JSON (API Gateway error
     answers), ``ClientError`` for everything else that goes wrong.
     """
     data = json.dumps(payload).encode("utf-8")
-    request = urllib.request.Request(
-        url,
-        data=data,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        },
-    )
+    headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT}
+    if api_key:
+        headers["x-api-key"] = api_key
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status = response.status
@@ -196,13 +197,41 @@ def invoke_function(
         )
         raw = response["Payload"].read()
     except Exception as exc:  # botocore raises many unrelated classes; all end here
-        raise ClientError(_boto_message(name, exc)) from None
+        raise ClientError(_boto_message(f"invoke function {name}", exc)) from None
 
     answer = _decode_json(raw, f"answer from function {name}")
     function_error = response.get("FunctionError")
     if function_error:
         raise ErrorAnswer(f"function {name} failed ({function_error})", answer)
     return answer
+
+
+def stack_api_url(stack: str, region: str | None = None, timeout: float | None = None) -> str:
+    """The API URL (the ``ApiUrl`` output) of a stack deployed from template.yaml."""
+    try:
+        import boto3  # lazy: only this path needs it
+    except ImportError:
+        raise ClientError("--stack needs boto3, which is not installed: pip install boto3") from None
+    kwargs: dict[str, Any] = {"region_name": region}
+    config = _botocore_config(timeout)
+    if config is not None:
+        kwargs["config"] = config
+    try:
+        response = boto3.client("cloudformation", **kwargs).describe_stacks(StackName=stack)
+    except Exception as exc:  # botocore raises many unrelated classes; all end here
+        raise ClientError(_boto_message(f"read stack {stack}", exc)) from None
+    stacks = response.get("Stacks") or []
+    if not stacks:
+        raise ClientError(f"stack {stack} not found")
+    outputs = {o.get("OutputKey"): o.get("OutputValue") for o in stacks[0].get("Outputs") or []}
+    url = outputs.get(API_URL_OUTPUT)
+    if not url:
+        names = ", ".join(sorted(k for k in outputs if k)) or "none"
+        raise ClientError(
+            f"stack {stack} has no {API_URL_OUTPUT} output (its outputs: {names}); "
+            "was it deployed from template.yaml?"
+        )
+    return url
 
 
 def _botocore_config(timeout: float | None):
@@ -215,17 +244,17 @@ def _botocore_config(timeout: float | None):
     return Config(connect_timeout=timeout, read_timeout=timeout)
 
 
-def _boto_message(name: str, exc: Exception) -> str:
+def _boto_message(action: str, exc: Exception) -> str:
     kind = type(exc).__name__
     text = " ".join(str(exc).split()) or kind
     if kind == "NoCredentialsError":
         return (
-            f"cannot invoke function {name}: no AWS credentials found "
+            f"cannot {action}: no AWS credentials found "
             "(run `aws configure` or set AWS_PROFILE / AWS_ACCESS_KEY_ID)"
         )
     if kind == "NoRegionError":
-        return f"cannot invoke function {name}: no AWS region set (use --region or AWS_DEFAULT_REGION)"
-    return f"cannot invoke function {name}: {kind}: {text}"
+        return f"cannot {action}: no AWS region set (use --region or AWS_DEFAULT_REGION)"
+    return f"cannot {action}: {kind}: {text}"
 
 
 # --------------------------------------------------------------------------- answers
@@ -317,6 +346,12 @@ examples:
   # through API Gateway (POSTs to <stage URL>/predict)
   python test.py scan.png --endpoint https://abc123.execute-api.eu-west-1.amazonaws.com/prod
 
+  # the API of a stack deployed with `sam deploy` (URL from its ApiUrl output)
+  python test.py scan.png --stack busi-classifier --region eu-west-1 [--api-key KEY]
+
+  # the local HTTP server (python -m busi_classifier serve --port 8000)
+  python test.py scan.png --endpoint http://localhost:8000
+
   # invoke the deployed function directly (needs boto3 and AWS credentials)
   python test.py scan.png --function busi-classifier --region eu-west-1
 
@@ -331,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Send a breast-ultrasound image to the classifier (normal / benign /\n"
             'malignant) and print its answer. The image is sent as {"image": "<base64>"}\n'
-            "to the local Lambda container (default), an API Gateway URL (--endpoint)\n"
-            "or a deployed Lambda function (--function)."
+            "to the local Lambda container (default), an API Gateway URL (--endpoint),\n"
+            "the API of a deployed stack (--stack) or a deployed Lambda function (--function)."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -347,13 +382,26 @@ def build_parser() -> argparse.ArgumentParser:
         "appended (default: %(default)s)",
     )
     target.add_argument(
+        "--stack",
+        metavar="NAME",
+        help=f"POST to the API of this CloudFormation stack (deployed from template.yaml): "
+        f"its URL is read from the stack's {API_URL_OUTPUT} output with boto3",
+    )
+    target.add_argument(
         "--function",
         metavar="NAME",
         help="invoke this deployed Lambda function (name or ARN) directly with boto3 "
         "instead of HTTP",
     )
     parser.add_argument(
-        "--region", help="AWS region for --function (default: from the AWS configuration)"
+        "--region", help="AWS region for --function and --stack (default: from the AWS configuration)"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        metavar="KEY",
+        help=f"send this API key (x-api-key header) to an API deployed with ApiKeyRequired=true "
+        f"(default: ${API_KEY_ENV})",
     )
     parser.add_argument(
         "--timeout",
@@ -398,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.function:
             raw = invoke_function(args.function, payload, args.region, args.timeout)
         else:
-            raw = post_json(resolve_url(args.endpoint), payload, args.timeout)
+            endpoint = stack_api_url(args.stack, args.region, args.timeout) if args.stack else args.endpoint
+            raw = post_json(resolve_url(endpoint), payload, args.timeout, args.api_key)
         answer = unwrap_response(raw)
     except ErrorAnswer as exc:
         _print_json(exc.answer)

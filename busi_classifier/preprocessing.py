@@ -7,6 +7,7 @@ pixels in both worlds. Imports only NumPy and Pillow.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -22,6 +23,16 @@ class InvalidImageError(ValueError):
     """The bytes are not an image this project can read."""
 
 
+class ImageTooLargeError(InvalidImageError):
+    """The image header claims more pixels than MAX_IMAGE_PIXELS (a decompression bomb,
+    or simply too big): refused before any pixel is decoded."""
+
+
+def _too_large(pixels: int | None, dimensions: str = "") -> ImageTooLargeError:
+    size = f"{dimensions} = {pixels} pixels" if dimensions else (f"{pixels} pixels" if pixels else "too many pixels")
+    return ImageTooLargeError(f"image is {size}; the limit is {MAX_IMAGE_PIXELS} pixels")
+
+
 def open_image(data: bytes) -> Image.Image:
     """Open image bytes with Pillow, checking the size before any pixel is decoded."""
     if not data:
@@ -33,16 +44,16 @@ def open_image(data: bytes) -> Image.Image:
     except UnidentifiedImageError:
         raise InvalidImageError("not a readable image (expected PNG, JPEG or another format Pillow reads)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImageError(f"image too large: {exc}") from None
+        # Pillow's own bomb check (at 89 and 179 megapixels) fires inside open()
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(int(claimed.group(1)) if claimed else None) from None
     except Exception as exc:  # Pillow raises many types for corrupt headers
         raise InvalidImageError(f"not a readable image ({type(exc).__name__}: {exc})") from None
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidImageError(f"image has no pixels ({width}x{height})")
     if width * height > MAX_IMAGE_PIXELS:
-        raise InvalidImageError(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {MAX_IMAGE_PIXELS}"
-        )
+        raise _too_large(width * height, f"{width}x{height}")
     return image
 
 
@@ -81,7 +92,9 @@ def decode_image(data: bytes, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     """
     image = open_image(data)
     try:
-        if getattr(image, "n_frames", 1) > 1:
+        # is_animated looks for a second frame only; n_frames would walk every frame of
+        # a GIF (a file of a million 1-pixel frames is a cheap denial of service)
+        if getattr(image, "is_animated", False):
             image.seek(0)
         if image.format == "JPEG":
             image.draft(None, (size, size))

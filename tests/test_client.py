@@ -53,7 +53,8 @@ class FakeServer:
 
             def _answer(self, body: bytes | None):
                 fake.requests.append(
-                    {"method": self.command, "path": self.path, "body": body}
+                    {"method": self.command, "path": self.path, "body": body,
+                     "headers": {k.lower(): v for k, v in self.headers.items()}}
                 )
                 if self.path.startswith("/slow"):
                     fake.release.wait(10)
@@ -387,3 +388,83 @@ def test_function_without_boto3(monkeypatch, png, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert "pip install boto3" in err
+
+
+# --------------------------------------------------------------------------- --stack (moto)
+
+
+def stack_template(outputs: dict[str, str]) -> str:
+    """A plain CloudFormation template (moto does not run the SAM transform) whose
+    outputs are named like template.yaml's."""
+    return json.dumps({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+        "Outputs": {name: {"Value": value} for name, value in outputs.items()},
+    })
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """moto's in-memory AWS: no network, no credentials needed."""
+    moto = pytest.importorskip("moto")
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv(client.API_KEY_ENV, raising=False)
+    with moto.mock_aws():
+        import boto3
+
+        yield boto3.client("cloudformation", region_name="eu-west-1")
+
+
+def test_stack_posts_to_the_api_url_output(aws, server, png, capsys):
+    outputs = {"ApiUrl": server.base + "/prod", "FunctionName": "busi-classifier-Fn",
+               "FunctionArn": "arn:aws:lambda:eu-west-1:123456789012:function:busi-classifier-Fn"}
+    aws.create_stack(StackName="busi-classifier", TemplateBody=stack_template(outputs))
+
+    rc = main([str(png), "--stack", "busi-classifier", "--region", "eu-west-1", "--api-key", "s3cret"])
+    out, err = capsys.readouterr()
+
+    assert rc == 0, err
+    [request] = server.posted()
+    assert request["path"] == "/prod/predict"
+    assert request["headers"]["x-api-key"] == "s3cret"
+    assert sent_image(request) == png.read_bytes()
+    assert json.loads(out) == PREDICTION
+
+
+def test_api_key_from_the_environment(monkeypatch, server, png):
+    monkeypatch.setenv(client.API_KEY_ENV, "from-env")
+    assert main([str(png), "--endpoint", server.base + "/prod"]) == 0
+    assert server.posted()[0]["headers"]["x-api-key"] == "from-env"
+
+
+def test_no_api_key_header_by_default(monkeypatch, server, png):
+    monkeypatch.delenv(client.API_KEY_ENV, raising=False)
+    assert main([str(png), "--endpoint", server.base + "/prod"]) == 0
+    assert "x-api-key" not in server.posted()[0]["headers"]
+
+
+def test_stack_without_api_url_output(aws, server, png, capsys):
+    aws.create_stack(StackName="other", TemplateBody=stack_template({"BucketName": "b"}))
+    rc = main([str(png), "--stack", "other", "--region", "eu-west-1"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert "no ApiUrl output" in err and "BucketName" in err and "template.yaml" in err
+    assert server.requests == []
+
+
+def test_missing_stack_is_one_line(aws, png, capsys):
+    rc = main([str(png), "--stack", "nope", "--region", "eu-west-1"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert "cannot read stack nope" in err and "does not exist" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_stack_and_endpoint_are_exclusive(png, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(png), "--stack", "s", "--endpoint", "http://127.0.0.1:1/prod"])
+    assert exit_info.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err

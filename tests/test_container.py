@@ -160,7 +160,11 @@ def test_clean_venv_serves_without_tensorflow(serving_venv, task_root, synthetic
         cwd=root, env=clean_env(env), input=direct_event(image)["image"], capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
-    probe = json.loads(result.stdout)
+    *log_lines, last = result.stdout.strip().splitlines()  # the handler logs JSON lines to stdout first
+    probe = json.loads(last)
+    logs = [json.loads(line) for line in log_lines]
+    assert any(r.get("message") == "request" and r.get("status") == 200 for r in logs), log_lines
+    assert direct_event(image)["image"][:64] not in result.stdout[: -len(last)], "image bytes in the logs"
     assert probe["python"].startswith(str(serving_venv.parent))
     assert probe["load_error"] is None
     assert probe["heavy"] == []

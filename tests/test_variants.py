@@ -92,8 +92,9 @@ def test_model_folder_serves_the_default_variant_and_model_variant_overrides(tra
         module = fresh_lambda(monkeypatch, trained_model, "int4")
         answer = module.lambda_handler(http_v2_event("GET", "/health"), None)
         assert answer["statusCode"] == 503
-        message = json.loads(answer["body"])["error"]["message"]
-        assert "int4" in message and "int8_dynamic" in message
+        assert json.loads(answer["body"])["error"]["code"] == "model_unavailable"
+        # the reason (for the logs) names the variant asked for and those available
+        assert "int4" in module.LOAD_ERROR and "int8_dynamic" in module.LOAD_ERROR
     finally:
         sys.modules.pop("lambda_function", None)
 

@@ -1,0 +1,295 @@
+"""A local HTTP endpoint for the Lambda handler: no Docker, no AWS.
+
+``python -m busi_classifier serve --port 8000`` listens on 127.0.0.1, turns each HTTP
+request into the API Gateway proxy event that the deployed API would send (REST API
+payload 1.0 by default, HTTP API payload 2.0 with ``--event-format http``), calls
+``lambda_function.lambda_handler`` and turns its answer back into an HTTP response:
+
+    curl -s localhost:8000/health
+    curl -s -X POST localhost:8000/predict -H 'Content-Type: image/png' --data-binary @scan.png
+
+Like the deployed API (template.yaml), bodies of the binary media types (image/png,
+image/jpeg) arrive base64-encoded with ``isBase64Encoded: true``; so does any body that
+is not UTF-8 text. Bodies over the handler's 6 MB cap are refused with 413 before they
+are read. One request runs the model at a time (a Lambda instance serves one request
+at a time too); reading bodies and writing answers happen in parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+from .handler import MAX_BODY_BYTES
+
+BINARY_MEDIA_TYPES = ("image/png", "image/jpeg")  # the BinaryMediaTypes of template.yaml
+STAGE = "local"
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+SOCKET_TIMEOUT_S = 30
+DISCARD_LIMIT = 64 * 1024 * 1024
+
+
+class LocalContext:
+    """The parts of the Lambda context object the handler reads."""
+
+    function_name = "busi-classifier-local"
+    memory_limit_in_mb = 2048
+
+    def __init__(self) -> None:
+        self.aws_request_id = str(uuid.uuid4())
+        self._deadline = time.monotonic() + 30
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def encode_body(body: bytes, content_type: str) -> tuple[str | None, bool]:
+    """(event body, isBase64Encoded) as API Gateway would pass ``body``."""
+    if not body:
+        return None, False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in BINARY_MEDIA_TYPES:
+        return base64.b64encode(body).decode("ascii"), True
+    try:
+        return body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode("ascii"), True
+
+
+def request_event(method: str, target: str, headers: list[tuple[str, str]], body: bytes,
+                  source_ip: str = "127.0.0.1", event_format: str = "rest") -> dict:
+    """The API Gateway proxy event for one HTTP request."""
+    parts = urlsplit(target)
+    path = parts.path or "/"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    event_body, is_b64 = encode_body(body, content_type)
+    request_id = str(uuid.uuid4())
+    now = int(time.time() * 1000)
+    if event_format == "http":
+        joined: dict[str, str] = {}
+        for key, value in headers:
+            key = key.lower()
+            joined[key] = f"{joined[key]},{value}" if key in joined else value
+        params: dict[str, str] = {}
+        for key, value in query:
+            params[key] = f"{params[key]},{value}" if key in params else value
+        event = {
+            "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": parts.query,
+            "headers": joined,
+            "requestContext": {
+                "accountId": "000000000000", "apiId": "local", "domainName": "localhost", "domainPrefix": "localhost",
+                "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": source_ip,
+                         "userAgent": joined.get("user-agent", "")},
+                "requestId": request_id, "routeKey": "$default", "stage": "$default", "timeEpoch": now,
+            },
+            "isBase64Encoded": is_b64,
+        }
+        if params:
+            event["queryStringParameters"] = params
+        if event_body is not None:
+            event["body"] = event_body
+        return event
+    single: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for key, value in headers:
+        single[key] = value
+        multi.setdefault(key, []).append(value)
+    single_query = dict(query) or None
+    multi_query: dict[str, list[str]] = {}
+    for key, value in query:
+        multi_query.setdefault(key, []).append(value)
+    return {
+        "resource": path, "path": path, "httpMethod": method,
+        "headers": single, "multiValueHeaders": multi,
+        "queryStringParameters": single_query, "multiValueQueryStringParameters": multi_query or None,
+        "pathParameters": None, "stageVariables": None,
+        "requestContext": {
+            "accountId": "000000000000", "apiId": "local", "resourcePath": path, "httpMethod": method,
+            "path": path, "stage": STAGE, "requestId": request_id, "requestTimeEpoch": now,
+            "identity": {"sourceIp": source_ip, "userAgent": single.get("User-Agent")}, "protocol": "HTTP/1.1",
+        },
+        "body": event_body, "isBase64Encoded": is_b64,
+    }
+
+
+def response_parts(answer: object) -> tuple[int, list[tuple[str, str]], bytes]:
+    """(status, headers, body) of a proxy integration answer, as API Gateway sends it."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("statusCode"), int):
+        # API Gateway answers a malformed integration response with 502
+        return 502, [("Content-Type", "application/json")], json.dumps(
+            {"error": {"code": "bad_gateway", "message": "the function returned a malformed response"}}).encode()
+    headers = [(str(k), str(v)) for k, v in (answer.get("headers") or {}).items()]
+    for key, values in (answer.get("multiValueHeaders") or {}).items():
+        headers += [(str(key), str(v)) for v in values]
+    body = answer.get("body") or ""
+    data = base64.b64decode(body) if answer.get("isBase64Encoded") else str(body).encode("utf-8")
+    return answer["statusCode"], headers, data
+
+
+def _error_json(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+class LambdaRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "busi-classifier-local"
+    sys_version = ""
+    timeout = SOCKET_TIMEOUT_S
+
+    def log_message(self, format, *args):  # noqa: A002 - the handler logs each request as JSON
+        pass
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (bad request line, header too long, unknown
+        method) as JSON in the API's error shape."""
+        if code == 501:  # a method http.server has no do_ method for
+            code, name, text = 405, "method_not_allowed", "method not allowed; use POST /predict or GET /health"
+        else:  # malformed request line or headers, URI or header line too long
+            code, name, text = 400, "invalid_request", f"malformed HTTP request ({message or 'bad request'})"
+        self._send(code, [("Content-Type", "application/json")], _error_json(name, text), close=True)
+
+    def _send(self, status: int, headers: list[tuple[str, str]], body: bytes, close: bool = False) -> None:
+        self.send_response(status)
+        for key, value in headers:
+            if key.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering 413/400 for one we will not read."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            return b""
+        if not length_text.strip().isdigit():
+            self._send(400, [("Content-Type", "application/json")],
+                       _error_json("invalid_request", "Content-Length is not a number"), close=True)
+            return None
+        length = int(length_text)
+        if length > self.server.max_body:
+            self._discard(length)
+            self._too_large(length)
+            return None
+        return self.rfile.read(length)
+
+    def _discard(self, length: int) -> None:
+        """Read and drop a refused body (up to DISCARD_LIMIT), so that the client, which
+        is still sending it, reads the 413 instead of a reset connection."""
+        left = length if length <= DISCARD_LIMIT else 0
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
+
+    def _read_chunked(self) -> bytes | None:
+        chunks, total = [], 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                self._send(400, [("Content-Type", "application/json")],
+                           _error_json("invalid_request", "malformed chunked body"), close=True)
+                return None
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(chunks)
+            total += size
+            if total > self.server.max_body:
+                self._too_large(total)
+                return None
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline(1024)  # CRLF after the chunk
+
+    def _too_large(self, length: int) -> None:
+        message = (f"the request body is {length} bytes; the limit is {self.server.max_body} bytes "
+                   "(Lambda takes at most 6 MB per request)")
+        self._send(413, [("Content-Type", "application/json")], _error_json("payload_too_large", message), close=True)
+
+    def _forward(self) -> None:
+        body = self._read_body()
+        if body is None:
+            return
+        event = request_event(self.command, self.path, list(self.headers.items()), body,
+                              self.client_address[0], self.server.event_format)
+        with self.server.lock:
+            answer = self.server.handler(event, LocalContext())
+        self._send(*response_parts(answer))
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _forward
+
+
+class LambdaHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, handler, event_format: str = "rest", max_body: int = MAX_BODY_BYTES):
+        super().__init__(address, LambdaRequestHandler)
+        self.handler, self.event_format, self.max_body = handler, event_format, max_body
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+def make_server(handler, host: str = "127.0.0.1", port: int = 8000, event_format: str = "rest") -> LambdaHTTPServer:
+    """A server calling ``handler(event, context)`` for each request (port 0: any free port)."""
+    if event_format not in ("rest", "http"):
+        raise ValueError(f"event_format must be 'rest' or 'http', not {event_format!r}")
+    return LambdaHTTPServer((host, port), handler, event_format)
+
+
+def serve_main(argv=None) -> int:
+    """Serve lambda_function.lambda_handler over HTTP on this machine."""
+    parser = argparse.ArgumentParser(prog="python -m busi_classifier serve", description=serve_main.__doc__)
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s; 0.0.0.0 exposes it to your network)")
+    parser.add_argument("--model", default=None,
+                        help="model.tflite to serve (default: MODEL_PATH, else artifacts/model/model.tflite)")
+    parser.add_argument("--event-format", choices=("rest", "http"), default="rest",
+                        help="REST API payload 1.0 (default) or HTTP API payload 2.0 events")
+    args = parser.parse_args(argv)
+
+    model = args.model or os.environ.get("MODEL_PATH") or "artifacts/model/model.tflite"
+    os.environ["MODEL_PATH"] = str(Path(model).resolve())
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # lambda_function.py
+    import lambda_function
+
+    if lambda_function.PREDICTOR is None:
+        print(f"error: {lambda_function.LOAD_ERROR}", file=sys.stderr)
+        return 1
+    try:
+        server = make_server(lambda_function.lambda_handler, args.host, args.port, args.event_format)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"serving {model} on {server.url} (POST /predict, GET /health; {args.event_format} events); "
+          "Ctrl-C stops", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

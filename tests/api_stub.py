@@ -1,0 +1,61 @@
+"""A stand-in for the LiteRT Predictor that runs the REAL decoding (decode_image) and
+returns deterministic probabilities, so that the API tests run in seconds without a
+trained model. The same tests also run against the real model (marked slow)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+from busi_classifier.config import CLASSES
+from busi_classifier.handler import handle
+from busi_classifier.preprocessing import decode_image
+
+STUB_SIZE = 64
+
+
+class StubPredictor:
+    """predict_bytes/model_version/classes as busi_classifier.inference.Predictor."""
+
+    model_version = "stub-1"
+    classes = list(CLASSES)
+    image_size = STUB_SIZE
+
+    def predict_bytes(self, data: bytes) -> dict:
+        pixels = decode_image(data, self.image_size)
+        mean = float(pixels.mean()) / 255.0
+        logits = np.array([1.0 - mean, mean, 0.5])
+        probabilities = np.exp(logits) / np.exp(logits).sum()
+        return {
+            "prediction": self.classes[int(np.argmax(probabilities))],
+            "probabilities": {name: float(p) for name, p in zip(self.classes, probabilities, strict=True)},
+        }
+
+
+def stub_handler(predictor=None, load_error=None):
+    predictor = StubPredictor() if predictor is None and load_error is None else predictor
+    return lambda event, context: handle(event, context, predictor, load_error)
+
+
+class Context:
+    function_name = "busi-classifier-test"
+
+    def __init__(self, request_id: str = "req-0001"):
+        self.aws_request_id = request_id
+
+
+def body_of(answer: dict) -> dict:
+    return json.loads(answer["body"]) if isinstance(answer, dict) and "statusCode" in answer else answer
+
+
+# An absolute file path (two segments or more), a Python traceback, an object repr
+LEAK_PATTERNS = [re.compile(r"(?<![\w:/])/(?:[\w.+-]+/)+[\w.+-]*"), re.compile("Traceback"),
+                 re.compile(r'File "'), re.compile(r" object at 0x"), re.compile(r"site-packages"),
+                 re.compile(r"\.py\b")]
+
+
+def leaks(text: str) -> list[str]:
+    """What in ``text`` looks like an internal detail (empty when nothing)."""
+    return [m.group(0) for pattern in LEAK_PATTERNS for m in pattern.finditer(text)]

@@ -1,0 +1,241 @@
+"""The local HTTP endpoint (python -m busi_classifier serve), driven over loopback: HTTP
+requests become API Gateway events, the handler's answers become HTTP responses."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from api_stub import stub_handler
+from conftest import ROOT
+from PIL import Image
+
+from busi_classifier.handler import MAX_BODY_BYTES, http_request
+from busi_classifier.server import encode_body, make_server, request_event, response_parts
+
+
+def png_bytes(size=(48, 40), value=100) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", size, value).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+PNG = png_bytes()
+
+
+class Recorder:
+    """The stub handler, recording every event it receives."""
+
+    def __init__(self):
+        self.events = []
+        self.inner = stub_handler()
+
+    def __call__(self, event, context):
+        self.events.append(event)
+        return self.inner(event, context)
+
+
+@pytest.fixture(params=["rest", "http"])
+def server(request):
+    recorder = Recorder()
+    srv = make_server(recorder, port=0, event_format=request.param)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    srv.recorder = recorder
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def call(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+    finally:
+        connection.close()
+
+
+def test_health(server):
+    status, headers, data = call(server, "GET", "/health")
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert json.loads(data) == {"status": "ok", "model_version": "stub-1", "classes": ["normal", "benign", "malignant"]}
+    assert headers["access-control-allow-origin"] == "*"
+    [event] = server.recorder.events
+    assert http_request(event) == ("GET", "/health")
+
+
+def test_raw_png_arrives_base64_encoded_like_api_gateway_sends_it(server):
+    status, _, data = call(server, "POST", "/predict", PNG, {"Content-Type": "image/png"})
+    assert status == 200 and json.loads(data)["prediction"] in ("normal", "benign", "malignant")
+    [event] = server.recorder.events
+    assert event["isBase64Encoded"] is True and base64.b64decode(event["body"]) == PNG
+
+
+def test_json_body_arrives_as_text(server):
+    payload = json.dumps({"image": base64.b64encode(PNG).decode()}).encode()
+    status, _, data = call(server, "POST", "/predict", payload, {"Content-Type": "application/json"})
+    assert status == 200 and "probabilities" in json.loads(data)
+    [event] = server.recorder.events
+    assert event["isBase64Encoded"] is False and json.loads(event["body"])["image"]
+
+
+def test_errors_keep_status_and_error_object(server):
+    status, headers, data = call(server, "GET", "/predict")
+    assert status == 405 and headers["allow"].startswith("POST")
+    assert json.loads(data)["error"]["code"] == "method_not_allowed"
+    status, _, data = call(server, "POST", "/nope", b"{}", {"Content-Type": "application/json"})
+    assert status == 404 and json.loads(data)["error"]["code"] == "not_found"
+    status, _, data = call(server, "POST", "/predict", b"hello", {"Content-Type": "text/plain"})
+    assert status == 400 and json.loads(data)["error"]["code"] == "invalid_json"
+
+
+def test_body_over_the_cap_is_refused_before_the_handler(server):
+    body = b"\0" * (MAX_BODY_BYTES + 1)
+    status, headers, data = call(server, "POST", "/predict", body, {"Content-Type": "image/png"})
+    assert status == 413 and headers["connection"] == "close"
+    error = json.loads(data)["error"]
+    assert error["code"] == "payload_too_large" and str(MAX_BODY_BYTES) in error["message"]
+    assert server.recorder.events == []
+
+
+def test_claimed_length_over_the_cap_is_refused_without_reading(server):
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 999999999999\r\n\r\n")
+        answer = sock.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.1 413") and b"payload_too_large" in answer
+    assert server.recorder.events == []
+
+
+def test_chunked_upload(server):
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    connection.request("POST", "/predict", body=iter([PNG[:30], PNG[30:]]),
+                       headers={"Content-Type": "image/png", "Transfer-Encoding": "chunked"}, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 200, response.read()
+    connection.close()
+    assert base64.b64decode(server.recorder.events[0]["body"]) == PNG
+
+
+def test_preflight_and_head(server):
+    status, headers, data = call(server, "OPTIONS", "/predict")
+    assert status == 204 and data == b""
+    assert "POST" in headers["access-control-allow-methods"] and "x-api-key" in headers["access-control-allow-headers"].lower()
+    status, headers, data = call(server, "HEAD", "/health")
+    assert status == 405 and data == b""
+
+
+def test_malformed_requests_get_json_errors(server):
+    for raw, status, code in [(b"FOO /predict HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
+                              (b"GET /a b HTTP/1.1\r\n\r\n", 400, "invalid_request"),
+                              (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "invalid_request")]:
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            sock.sendall(raw)
+            answer = sock.makefile("rb").read()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status}".encode()) or head.startswith(f"HTTP/1.0 {status}".encode()), head
+        assert json.loads(body)["error"]["code"] == code
+
+
+def test_query_strings_and_multi_value_headers_reach_the_event(server):
+    call(server, "GET", "/health?a=1&a=2&b=", None, {"X-Test": "yes"})
+    [event] = server.recorder.events
+    if event.get("version") == "2.0":
+        assert event["rawQueryString"] == "a=1&a=2&b=" and event["queryStringParameters"]["a"] == "1,2"
+        assert event["headers"]["x-test"] == "yes"
+    else:
+        assert event["multiValueQueryStringParameters"]["a"] == ["1", "2"]
+        assert event["headers"]["X-Test"] == "yes" and event["multiValueHeaders"]["X-Test"] == ["yes"]
+
+
+def test_event_shapes_are_what_the_handler_reads():
+    rest = request_event("POST", "/predict?x=1", [("Content-Type", "image/jpeg")], b"\xff\xd8", "10.1.2.3", "rest")
+    assert http_request(rest) == ("POST", "/predict") and rest["isBase64Encoded"] is True
+    assert rest["requestContext"]["identity"]["sourceIp"] == "10.1.2.3"
+    http = request_event("GET", "/health", [], b"", event_format="http")
+    assert http_request(http) == ("GET", "/health") and "body" not in http
+
+
+def test_binary_media_types_match_the_template():
+    import yaml
+
+    from busi_classifier.server import BINARY_MEDIA_TYPES
+
+    text = (ROOT / "template.yaml").read_text()
+    declared = re.findall(r"^\s+- (image~1\w+)\s*$", text, re.MULTILINE)
+    assert sorted(t.replace("~1", "/") for t in declared) == sorted(BINARY_MEDIA_TYPES)
+    spec = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+    raw_types = set(spec["paths"]["/predict"]["post"]["requestBody"]["content"]) - {"application/json"}
+    assert raw_types == set(BINARY_MEDIA_TYPES)
+    assert encode_body(b"\xff\x00", "text/plain") == (base64.b64encode(b"\xff\x00").decode(), True)
+    assert encode_body(b'{"a": 1}', "application/json; charset=utf-8") == ('{"a": 1}', False)
+
+
+def test_malformed_handler_answer_is_a_502():
+    status, _, body = response_parts({"body": "x"})
+    assert status == 502 and json.loads(body)["error"]["code"] == "bad_gateway"
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_serve_command_without_a_model_exits_with_a_message(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "busi_classifier", "serve", "--port", "0",
+                             "--model", str(tmp_path / "none.tflite")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1
+    assert "model file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_command_answers_curl_like_requests(trained_model, tmp_path):
+    """`python -m busi_classifier serve` as a user runs it, with the trained model."""
+    process = subprocess.Popen([sys.executable, "-m", "busi_classifier", "serve", "--port", "0",
+                                "--model", str(trained_model / "model.tflite")],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "serving" not in line:
+            line = process.stderr.readline()
+            assert line, "the server stopped before serving"
+        host, port = re.search(r"http://([\d.]+):(\d+)", line).groups()
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("POST", "/predict", body=PNG, headers={"Content-Type": "image/png"})
+        response = connection.getresponse()
+        assert response.status == 200
+        assert set(json.loads(response.read())["probabilities"]) == {"normal", "benign", "malignant"}
+        connection.close()
+        client = subprocess.run([sys.executable, "test.py", str(write(tmp_path / "scan.png", PNG)),
+                                 "--endpoint", f"http://{host}:{port}"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=60)
+        assert client.returncode == 0, client.stderr
+        assert json.loads(client.stdout)["prediction"] in ("normal", "benign", "malignant")
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            out, err = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+    logs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any(r.get("message") == "request" and r.get("status") == 200 for r in logs)
+    assert "Traceback" not in err
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
