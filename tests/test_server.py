@@ -198,7 +198,7 @@ def test_serve_command_without_a_model_exits_with_a_message(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 1
-    assert "model file not found" in result.stderr and "Traceback" not in result.stderr
+    assert "model not found" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
