@@ -24,7 +24,12 @@ class ResNet50Preprocess(layers.Layer):
     ImageNet mean subtracted). Inside the model, so no caller ever normalises."""
 
     def call(self, inputs):
-        bgr = ops.flip(ops.cast(inputs, "float32"), axis=-1)
+        x = ops.cast(inputs, "float32")
+        # RGB -> BGR by slicing and concatenating, not ops.flip: in full-integer
+        # quantisation TFLite's REVERSE_V2 lost the input range (mean error -96 on 0..255
+        # pixels); with slices and a concatenation the int8_full model's top-1 agreement
+        # with Keras on BUSI rose from 0.35 to 0.71. Float results are identical.
+        bgr = ops.concatenate([x[..., 2:3], x[..., 1:2], x[..., 0:1]], axis=-1)
         return bgr - ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype="float32")
 
 

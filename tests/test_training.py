@@ -134,3 +134,14 @@ def test_evaluate_command_reproduces_what_training_wrote(trained_model, capsys):
     tflite = json.loads((trained_model / "evaluation-model-tflite-test.json").read_text())
     assert tflite["confusion_matrix"] == written["confusion_matrix"]
     assert tflite["macro_auc"] == pytest.approx(written["macro_auc"], abs=1e-3)
+
+
+def test_preprocess_layer_is_resnet50_caffe_preprocessing():
+    """The layer inside the model equals keras.applications.resnet50.preprocess_input."""
+    import keras
+
+    from busi_classifier.model import ResNet50Preprocess
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = keras.applications.resnet50.preprocess_input(x.copy())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ResNet50Preprocess()(x)), expected, atol=1e-4)
