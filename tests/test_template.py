@@ -110,7 +110,7 @@ def test_function_is_the_container_image_with_chosen_memory_and_timeout(template
 
 def test_environment_variables_are_the_ones_the_code_reads(template):
     variables = template["Resources"]["ClassifierFunction"]["Properties"]["Environment"]["Variables"]
-    sources = "".join((ROOT / "busi_classifier" / f).read_text() for f in ("handler.py", "observability.py", "remote_image.py"))
+    sources = "".join((ROOT / "busi_classifier" / f).read_text() for f in ("handler.py", "observability.py", "remote_image.py", "inference.py"))
     for name in variables:
         assert f'"{name}"' in sources or name in ("LOG_LEVEL",), f"{name} is set but never read"
     assert {"CORS_ALLOW_ORIGIN", "IMAGE_URL_ALLOWLIST", "LOG_LEVEL", "METRICS_NAMESPACE"} <= set(variables)
