@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml requirements.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m busi_classifier synthesize --out $(DEMO_DATA) --per-class 60 --seed 0
+	$(BIN)/python -m busi_classifier synthesize --out $(DEMO_DATA) --per-class 100 --seed 0
 	$(BIN)/python train.py --data $(DEMO_DATA) --out $(DEMO_OUT) --weights none \
-		--image-size 128 --epochs-head 8 --epochs-fine-tune 0 --batch-size 16
+		--image-size 96 --epochs-head 12 --epochs-fine-tune 0 --batch-size 16
 	$(BIN)/python -m busi_classifier invoke --model $(DEMO_OUT) --data $(DEMO_DATA) --per-class 2
 
 test: setup
