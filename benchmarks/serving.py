@@ -13,7 +13,9 @@ Measured, each in fresh processes so nothing is shared between variants:
 * the original approach on the same images: a new interpreter per request, nearest-
   neighbour resize, ImageNet mean subtracted by hand, float32 (timing replica: with this
   project's model, whose mean subtraction is inside, its answers are wrong, which is
-  also what the original did once the model changed);
+  also what the original did once the model changed), on LiteRT and on the original's
+  runtime, `tflite-runtime` (installed into a throwaway venv; skipped, and said so,
+  where pip cannot install it or it cannot load the model: no wheels past Python 3.11);
 * installed size of requirements.txt in a clean venv against a TensorFlow serving venv.
 
 Images: the real BUSI PNGs at their original sizes (../shared/busi), or synthetic ones
@@ -82,7 +84,7 @@ ORIGINAL = r"""
 import base64, io, json, sys, time
 import numpy as np
 from PIL import Image
-from ai_edge_litert.interpreter import Interpreter
+from RUNTIME.interpreter import Interpreter
 paths = json.loads(open(sys.argv[1]).read())
 model, requests, size = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 events = [{"image": base64.b64encode(open(p, "rb").read()).decode()} for p in paths]
@@ -150,6 +152,23 @@ def image_paths(folder: Path | None, limit: int) -> tuple[list[str], str]:
     return paths, f"{len(paths)} SYNTHETIC images (the real BUSI data was not found at {BUSI})"
 
 
+def tflite_runtime_python() -> tuple[str | None, str, Path | None]:
+    """A throwaway venv with the original project's runtime: (python, version or why not, folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-tflite-runtime-"))
+    python = folder / "bin" / "python"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "tflite-runtime", "numpy<2", "pillow"], check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        why = (exc.stderr or "").strip().splitlines()[-1:] or [str(exc)]
+        return None, f"not installable for Python {sys.version_info.major}.{sys.version_info.minor} ({why[0][:120]})", None
+    version = subprocess.run([str(python), "-c", "from importlib.metadata import version; print(version('tflite-runtime'))"],
+                             capture_output=True, text=True).stdout.strip()
+    return str(python), version, folder
+
+
 def venv_size_mb(packages: list[str]) -> float:
     """Installed size (site-packages) of a fresh venv with ``packages`` (pip arguments)."""
     folder = Path(tempfile.mkdtemp(prefix="bench-venv-"))
@@ -174,6 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=100, help="timed requests per variant and thread count")
     p.add_argument("--init-runs", type=int, default=5, help="fresh processes for the init time")
     p.add_argument("--skip-sizes", action="store_true", help="skip the installed-size comparison (two venvs)")
+    p.add_argument("--skip-tflite-runtime", action="store_true",
+                   help="skip the original approach on tflite-runtime (a throwaway venv from PyPI)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
 
@@ -205,8 +226,23 @@ def main(argv=None) -> int:
             t = warm[variant, threads]["times_ms"]
             print(f"{variant} {threads} thread(s): p50 {pct(t, 50):.1f} ms, p95 {pct(t, 95):.1f} ms", flush=True)
     pre = run_python(python, PREPROCESS, [str(list_file), str(size)], base_env)["times_ms"]
-    original = run_python(python, ORIGINAL, [str(list_file), str(model_dir / "model.tflite"),
-                                             str(max(10, args.requests // 4)), str(size)], base_env)["times_ms"]
+    original_args = [str(list_file), str(model_dir / "model.tflite"), str(max(10, args.requests // 4)), str(size)]
+    original = run_python(python, ORIGINAL.replace("RUNTIME", "ai_edge_litert"), original_args, base_env)["times_ms"]
+    original_tfl, tfl_note = None, "skipped (--skip-tflite-runtime)"
+    if not args.skip_tflite_runtime:
+        print("installing tflite-runtime into a throwaway venv for the original approach ...", flush=True)
+        tfl_python, tfl_note, tfl_folder = tflite_runtime_python()
+        if tfl_python:
+            try:
+                original_tfl = run_python(tfl_python, ORIGINAL.replace("RUNTIME", "tflite_runtime"), original_args,
+                                          base_env)["times_ms"]
+                tfl_note = f"tflite-runtime {tfl_note}"
+            except RuntimeError as exc:
+                tfl_note = f"tflite-runtime {tfl_note} could not run the model ({str(exc).strip().splitlines()[-1][:160]})"
+            finally:
+                shutil.rmtree(tfl_folder, ignore_errors=True)
+        else:
+            tfl_note = f"tflite-runtime {tfl_note}"
 
     rows = ["| variant | file size | init (import + load) | p50 1 thread | p95 1 thread | p50 2 threads | "
             "p95 2 threads | batch of 16, images/s (2 threads) | peak RSS | top-1 agreement | macro-F1 diff |",
@@ -223,6 +259,12 @@ def main(argv=None) -> int:
             f"{ev.get('top1_agreement', float('nan')):.3f} | {ev.get('macro_f1_diff', float('nan')):+.3f} |")
     d1 = pct(warm[default, 1]["times_ms"], 50)
     o50 = pct(original, 50)
+    if original_tfl:
+        t50 = pct(original_tfl, 50)
+        tfl_row = (f"| {tfl_note} (what the original project ran) | {t50:.1f} ms | {pct(original_tfl, 95):.1f} ms | "
+                   f"**{t50 / d1:.1f}x** |")
+    else:
+        tfl_row = f"| {tfl_note} | - | - | - |"
     sizes = ""
     if not args.skip_sizes:
         print("measuring installed sizes (two fresh venvs) ...", flush=True)
@@ -248,12 +290,17 @@ Preprocessing alone (`decode_image` of the original-size PNG to {size} px): p50 
 p95 {pct(pre, 95):.1f} ms.
 
 **Against the original approach** (new float32 interpreter per request, nearest-neighbour resize, mean
-subtracted by hand, 1 thread, same images): p50 {o50:.1f} ms, p95 {pct(original, 95):.1f} ms. The default
-variant on 1 thread: p50 {d1:.1f} ms, **{o50 / d1:.1f}x faster** per request.
+subtracted by hand, 1 thread, same images), against the default variant on 1 thread (p50 {d1:.1f} ms):
+
+| original approach on | p50 | p95 | default variant faster per request |
+|---|---:|---:|---:|
+| LiteRT (ai-edge-litert, this project's runtime) | {o50:.1f} ms | {pct(original, 95):.1f} ms | **{o50 / d1:.1f}x** |
+{tfl_row}
 {sizes}"""
     print(body)
     if not args.no_write:
-        command = f"python benchmarks/serving.py --model {args.model}" + (" --skip-sizes" if args.skip_sizes else "")
+        command = (f"python benchmarks/serving.py --model {args.model}" + (" --skip-sizes" if args.skip_sizes else "")
+                   + (" --skip-tflite-runtime" if args.skip_tflite_runtime else ""))
         write_section("serving", "Serving: latency, init, variants, against the original approach", command, body)
     return 0
 
