@@ -34,8 +34,13 @@ def machine() -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        # Code changes not yet committed (BENCHMARKS.md itself and figures aside) make the commit an approximation.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py", "Makefile",
+                                "requirements.txt", "pyproject.toml"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        return commit + (" with uncommitted code changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
