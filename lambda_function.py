@@ -3,8 +3,8 @@
 The model is loaded once, when the container starts (init), from MODEL_PATH: a model
 folder (model.json and the .tflite variants; its default variant is served unless
 MODEL_VARIANT names another) or one .tflite file. Default: model/ beside this file (where
-the Dockerfile copies it). Imports no
-TensorFlow: only the serving modules of busi_classifier, NumPy, Pillow and LiteRT.
+the Dockerfile copies it). Imports no TensorFlow: only the serving modules of
+busi_classifier, NumPy, Pillow and LiteRT.
 Logs are JSON lines on stdout (busi_classifier.observability), LOG_LEVEL sets the level.
 """
 

@@ -77,21 +77,14 @@ def convert_to_tflite(model: keras.Model, variant: str = "float32", representati
 
 
 def _predictor(path: Path, image_size: int):
+    """A one-thread LiteRT predictor of a freshly written .tflite file (model.json does not exist yet)."""
     from .inference import Predictor
 
     return Predictor(path, num_threads=1, metadata={"classes": list(CLASSES), "input": {"size": image_size}})
 
 
-def run_tflite(path: Path, images: np.ndarray, image_size: int) -> np.ndarray:
-    """Raw probabilities of a .tflite file for uint8 images, one invoke per image (LiteRT)."""
-    predictor = _predictor(path, image_size)
-    return np.stack([predictor.predict_array(image, calibrated=False) for image in images]) if len(images) else \
-        np.zeros((0, len(CLASSES)))
-
-
-def latency_ms(path: Path, image: np.ndarray, repeats: int = 10) -> float:
+def latency_ms(predictor, image: np.ndarray, repeats: int = 10) -> float:
     """Median time of one invoke on one thread (after two warm-up runs)."""
-    predictor = _predictor(path, image.shape[0])
     for _ in range(2):
         predictor.predict_array(image, calibrated=False)
     times = []
@@ -143,9 +136,9 @@ def export_model(
         images, labels, reference = evaluation
         probe = images[0] if len(images) else np.zeros((config.image_size, config.image_size, 3), np.uint8)
         for entry in files.values():
-            path = out_dir / entry["file"]
-            entry["latency_ms"] = latency_ms(path, probe)
-            entry["evidence"] = agreement_evidence(reference, run_tflite(path, images, config.image_size), labels)
+            predictor = _predictor(out_dir / entry["file"], config.image_size)
+            entry["latency_ms"] = latency_ms(predictor, probe)
+            entry["evidence"] = agreement_evidence(reference, predictor.raw_probabilities(images), labels)
         default, reason = choose_default(files)
     else:
         default, reason = "float32", "no evaluation data given: the float32 reference is served"

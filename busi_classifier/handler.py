@@ -40,6 +40,8 @@ ROUTES = {"/predict": "POST", "/health": "GET"}
 CORS_METHODS = "GET,POST,OPTIONS"
 CORS_HEADERS = "Content-Type,X-Api-Key"
 PREDICTION_KEYS = ("image", "images", "url")
+# The load error names files on the server: it goes to the logs (at init), not to the caller.
+MODEL_UNAVAILABLE = "the model is not loaded on this function; check MODEL_PATH and model.json (the logs say why)"
 # absolute file paths (two or more segments) in messages that come from libraries
 _PATH_PATTERN = re.compile(r"(?<![\w:/])/(?:[\w.+-]+/)+[\w.+-]*")
 
@@ -247,29 +249,24 @@ def preflight(name: str) -> tuple[int, None, dict]:
 
 def handle(event: object, context: object, predictor, load_error: str | None = None) -> dict:
     """Answer one Lambda event. ``predictor`` is None when the model failed to load
-    (``load_error`` says why, for the logs): every request then gets a 503."""
+    (``load_error`` says why; lambda_function logs it at init and it is never sent to
+    the caller): every request then gets a 503."""
     started = time.perf_counter()
     request = http_request(event) if isinstance(event, dict) else None
     status, headers, images = 200, {}, []
     metric_route = "direct" if request is None else "other"
     try:
-        if request is not None:
-            name = route(*request)
+        name = route(*request) if request is not None else None
+        if name is not None:
             metric_route = name.split()[-1]
-            if name.startswith("OPTIONS "):
-                status, body, headers = preflight(name.split()[-1])
-            else:
-                if predictor is None:
-                    raise RequestError(503, "model_unavailable", model_unavailable_message(load_error))
-                if name == "/health":
-                    body = health(predictor)
-                else:
-                    images, batch = images_from_http_body(event)
-                    body = predict(predictor, images, batch)
+        if name is not None and name.startswith("OPTIONS "):
+            status, body, headers = preflight(metric_route)
+        elif predictor is None:
+            raise RequestError(503, "model_unavailable", MODEL_UNAVAILABLE)
+        elif name == "/health":
+            body = health(predictor)
         else:
-            if predictor is None:
-                raise RequestError(503, "model_unavailable", model_unavailable_message(load_error))
-            images, batch = images_from_payload(event)
+            images, batch = images_from_http_body(event) if name is not None else images_from_payload(event)
             body = predict(predictor, images, batch)
     except RequestError as exc:
         status, headers, body = exc.status, exc.headers, error_body(exc.code, exc.message)
@@ -281,12 +278,6 @@ def handle(event: object, context: object, predictor, load_error: str | None = N
     if request is None:
         return body
     return api_response(status, body, headers)
-
-
-def model_unavailable_message(load_error: str | None) -> str:
-    # The reason (load_error) names files on the server: it goes to the logs, not to
-    # the caller.
-    return "the model is not loaded on this function; check MODEL_PATH and model.json (the logs say why)"
 
 
 def request_id(context) -> str | None:

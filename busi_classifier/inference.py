@@ -115,6 +115,12 @@ class Predictor:
             raw /= total
         return apply_temperature(raw, self.temperature) if calibrated and self.temperature != 1.0 else raw
 
+    def raw_probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Uncalibrated probabilities, one row per preprocessed uint8 image (one invoke each)."""
+        if not len(images):
+            return np.zeros((0, len(self.classes)))
+        return np.stack([self.predict_array(image, calibrated=False) for image in images])
+
     def predict_bytes(self, data: bytes) -> dict:
         """Prediction for image bytes: the answer the API returns for one image."""
         probabilities = self.predict_array(decode_image(data, self.image_size))

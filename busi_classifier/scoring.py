@@ -48,8 +48,7 @@ def predict_raw(model_path: Path, images: np.ndarray, batch_size: int = 16) -> n
         return model.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
     from .inference import Predictor
 
-    predictor = Predictor(model_path)
-    return np.stack([predictor.predict_array(image, calibrated=False) for image in images])
+    return Predictor(model_path).raw_probabilities(images)
 
 
 def evaluate_model(model_path: str | Path, data_dir: str | Path | None = None, split_csv: str | Path | None = None,
