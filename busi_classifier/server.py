@@ -266,12 +266,13 @@ def serve_main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: %(default)s; 0.0.0.0 exposes it to your network)")
     parser.add_argument("--model", default=None,
-                        help="model.tflite to serve (default: MODEL_PATH, else artifacts/model/model.tflite)")
+                        help="model folder (serves its default variant, or MODEL_VARIANT) or a .tflite file "
+                             "(default: MODEL_PATH, else artifacts/model)")
     parser.add_argument("--event-format", choices=("rest", "http"), default="rest",
                         help="REST API payload 1.0 (default) or HTTP API payload 2.0 events")
     args = parser.parse_args(argv)
 
-    model = args.model or os.environ.get("MODEL_PATH") or "artifacts/model/model.tflite"
+    model = args.model or os.environ.get("MODEL_PATH") or "artifacts/model"
     os.environ["MODEL_PATH"] = str(Path(model).resolve())
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # lambda_function.py
     import lambda_function
