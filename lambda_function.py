@@ -5,16 +5,16 @@ folder (model.json and the .tflite variants; its default variant is served unles
 MODEL_VARIANT names another) or one .tflite file. Default: model/ beside this file (where
 the Dockerfile copies it). Imports no TensorFlow: only the serving modules of
 busi_classifier, NumPy, Pillow and LiteRT.
-Logs are JSON lines on stdout (busi_classifier.observability), LOG_LEVEL sets the level.
+Logs are JSON lines on stdout (busi_classifier.serving.observability), LOG_LEVEL sets the level.
 """
 
 import logging
 import os
 from pathlib import Path
 
-from busi_classifier import observability
-from busi_classifier.handler import handle
-from busi_classifier.inference import ModelLoadError, Predictor
+from busi_classifier.serving import observability
+from busi_classifier.serving.api import handle
+from busi_classifier.serving.predictor import ModelLoadError, Predictor
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL in observability.LEVELS:  # a typo in LOG_LEVEL must not stop the function

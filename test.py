@@ -4,7 +4,7 @@ Not a pytest file (pytest only collects tests/). Usage: python test.py IMAGE [--
 URL | --function NAME] [--region REGION] [--timeout SECONDS]; see --help.
 """
 
-from busi_classifier.client import main
+from busi_classifier.local.client import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

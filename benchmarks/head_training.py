@@ -35,8 +35,8 @@ def main(argv=None) -> int:
     import keras
 
     from busi_classifier.cli import train_main
-    from busi_classifier.model import load_keras_model
-    from busi_classifier.synthetic import generate_dataset
+    from busi_classifier.data.synthetic import generate_dataset
+    from busi_classifier.training.model import load_keras_model
 
     tmp = Path(tempfile.mkdtemp(prefix="head-bench-"))
     data = Path(args.data) if args.data else generate_dataset(tmp / "data", per_class=args.per_class, seed=0,

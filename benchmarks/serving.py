@@ -111,7 +111,7 @@ print(json.dumps({"times_ms": times}))
 
 PREPROCESS = r"""
 import json, sys, time
-from busi_classifier.preprocessing import decode_image
+from busi_classifier.serving.decode import decode_image
 paths = json.loads(open(sys.argv[1]).read())
 size = int(sys.argv[2])
 data = [open(p, "rb").read() for p in paths]
@@ -144,7 +144,7 @@ def image_paths(folder: Path | None, limit: int) -> tuple[list[str], str]:
         paths = sorted(str(p) for p in folder.rglob("*.png") if "_mask" not in p.name)
         step = max(1, len(paths) // limit)
         return paths[::step][:limit], f"{min(limit, len(paths))} real BUSI PNGs at their original sizes from {folder.name}"
-    from busi_classifier.synthetic import generate_dataset
+    from busi_classifier.data.synthetic import generate_dataset
 
     tmp = generate_dataset(Path(tempfile.mkdtemp(prefix="bench-images-")), per_class=max(1, limit // 3), seed=0,
                            progress=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def synthesize_main(argv) -> int:
-    from .synthetic import main
+    from busi_classifier.data.synthetic import main
 
     return main(argv) or 0
 
@@ -31,9 +31,8 @@ def invoke_main(argv) -> int:
     os.environ.setdefault("EMF_METRICS", "off")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import lambda_function
-
-    from .dataset import DatasetError, read_dataset
-    from .events import direct_event, http_v2_event, rest_v1_event
+    from busi_classifier.data.dataset import DatasetError, read_dataset
+    from busi_classifier.serving.events import direct_event, http_v2_event, rest_v1_event
 
     if lambda_function.PREDICTOR is None:
         print(f"error: {lambda_function.LOAD_ERROR}", file=sys.stderr)
@@ -76,13 +75,13 @@ def invoke_main(argv) -> int:
 
 
 def evaluate_main(argv) -> int:
-    from .scoring import main
+    from busi_classifier.evaluation.scoring import main
 
     return main(argv)
 
 
 def serve_main(argv) -> int:
-    from .server import serve_main as main
+    from busi_classifier.local.server import serve_main as main
 
     return main(argv)
 

@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from .config import AUGMENTATIONS, CLASSES, DEFAULT_IMAGE_SIZE, ConfigError, TrainConfig, parse_augmentations
+from busi_classifier.config import AUGMENTATIONS, ConfigError, TrainConfig, parse_augmentations
+from busi_classifier.serving.constants import CLASSES, DEFAULT_IMAGE_SIZE
 
 DEFAULTS = TrainConfig()
 DEFAULT_AUDIT_DIR = "artifacts/audit"
@@ -168,11 +169,11 @@ def train_main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ log noise out
-    from .dataset import DatasetError
-    from .model import WeightsError
+    from busi_classifier.data.dataset import DatasetError
+    from busi_classifier.training.model import WeightsError
 
     try:
-        from .training import train
+        from busi_classifier.training.loop import train
 
         meta = train(config, progress=not args.quiet)
     except (DatasetError, WeightsError, ConfigError) as exc:
@@ -187,8 +188,8 @@ def train_main(argv=None) -> int:
 
 
 def audit_main(args: argparse.Namespace) -> int:
-    from .audit import run_audit
-    from .dataset import DatasetError
+    from busi_classifier.data.audit import run_audit
+    from busi_classifier.data.dataset import DatasetError
 
     out = args.out or DEFAULT_AUDIT_DIR
     try:
@@ -205,8 +206,8 @@ def audit_main(args: argparse.Namespace) -> int:
 
 
 def split_main(args: argparse.Namespace) -> int:
-    from .dataset import DatasetError
-    from .training import prepare_split, split_counts
+    from busi_classifier.data.dataset import DatasetError
+    from busi_classifier.training.loop import prepare_split, split_counts
 
     try:
         config = config_from_args(args)

@@ -1,45 +1,24 @@
-"""Constants and settings shared by training and serving (no heavy imports)."""
+"""Settings of the training world: TrainConfig, its choices, ConfigError (no heavy imports).
+
+The serving contract's constants (classes, input size, caps) live in busi_classifier.serving.constants."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-# The class order used everywhere: model outputs, model.json, metrics, folder reading.
-# Never rely on alphabetical folder order (benign, malignant, normal).
-CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
-
-DEFAULT_IMAGE_SIZE = 224
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-# Largest decoded image the preprocessing accepts (width * height). Protects against
-# decompression bombs: a tiny file whose header claims huge dimensions.
-MAX_IMAGE_PIXELS = 40_000_000
+from busi_classifier.serving.constants import CLASSES, DEFAULT_IMAGE_SIZE
 
 # Two images are near-duplicates when their 255-bit perceptual hashes differ in at most
 # this many bits (chosen on the real BUSI data: see busi_classifier/audit.py and README).
 NEAR_DUPLICATE_BITS = 86
 
-# How the model input is made; written into model.json so that every consumer of the
-# exported model knows what the TFLite input expects.
-PREPROCESSING_DESCRIPTION = {
-    "function": "busi_classifier.preprocessing.decode_image",
-    "exif_orientation": "applied",
-    "color": "any Pillow mode converted to RGB uint8 (alpha composited on black, "
-    "16-bit scaled by 1/257)",
-    "resize": "aspect ratio kept: longer side scaled to the input size with Pillow "
-    "bilinear (antialiased), centred on a black square canvas",
-    "input_dtype": "float32",
-    "input_range": "raw RGB 0..255; no mean subtraction by the caller",
-    "model_internal_normalization": "keras.applications.resnet50.preprocess_input "
-    "(RGB->BGR, ImageNet mean subtraction) is a layer inside the model",
-}
 
 
 class ConfigError(ValueError):
     """A setting the user gave cannot work (explained in the message)."""
 
 
-# Training-time augmentations (busi_classifier.augmentation builds them).
+# Training-time augmentations (busi_classifier.training.augmentation builds them).
 AUGMENTATIONS = ("flip", "rotate", "zoom", "brightness", "contrast", "speckle")
 
 

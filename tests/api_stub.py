@@ -9,15 +9,15 @@ import re
 
 import numpy as np
 
-from busi_classifier.config import CLASSES
-from busi_classifier.handler import handle
-from busi_classifier.preprocessing import decode_image
+from busi_classifier.serving.api import handle
+from busi_classifier.serving.constants import CLASSES
+from busi_classifier.serving.decode import decode_image
 
 STUB_SIZE = 64
 
 
 class StubPredictor:
-    """predict_bytes/model_version/classes as busi_classifier.inference.Predictor."""
+    """predict_bytes/model_version/classes as busi_classifier.serving.predictor.Predictor."""
 
     model_version = "stub-1"
     classes = list(CLASSES)

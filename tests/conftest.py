@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
-    from busi_classifier.synthetic import generate_dataset
+    from busi_classifier.data.synthetic import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("synthetic"), per_class=12, seed=0, progress=False)
 
@@ -65,7 +65,7 @@ def float32_lambda(trained_model, monkeypatch):
 
 
 def synthetic_images(root: Path, per_class: int = 2) -> list[tuple[str, bytes]]:
-    from busi_classifier.config import CLASSES
+    from busi_classifier.serving.constants import CLASSES
 
     images = []
     for label in CLASSES:

@@ -15,8 +15,8 @@ from api_stub import Context, stub_handler
 from conftest import ROOT
 from PIL import Image
 
-from busi_classifier import observability
-from busi_classifier.events import b64, direct_event, http_v2_event, rest_v1_event
+from busi_classifier.serving import observability
+from busi_classifier.serving.events import b64, direct_event, http_v2_event, rest_v1_event
 
 
 def png() -> bytes:
@@ -149,10 +149,10 @@ def test_the_serving_path_imports_nothing_heavy_or_lazy(tmp_path):
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     modules = set(probe["modules"])
     assert not {"tensorflow", "keras", "sklearn", "matplotlib", "boto3", "botocore"} & modules
-    assert "busi_classifier.remote_image" not in modules and "ssl" not in modules and "http.client" not in modules
+    assert "busi_classifier.serving.remote_image" not in modules and "ssl" not in modules and "http.client" not in modules
     import ast
 
-    tree = ast.parse((ROOT / "busi_classifier" / "observability.py").read_text())
+    tree = ast.parse((ROOT / "busi_classifier" / "serving" / "observability.py").read_text())
     imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported <= {"__future__", "json", "os", "sys", "time"}  # already loaded by any Python

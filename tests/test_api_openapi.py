@@ -12,8 +12,8 @@ import yaml
 from api_stub import Context, body_of, stub_handler
 from conftest import ROOT
 
-from busi_classifier.events import rest_v1_event
-from busi_classifier.handler import MAX_BATCH, MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_URL_CHARS
+from busi_classifier.serving.api import MAX_BATCH, MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_URL_CHARS
+from busi_classifier.serving.events import rest_v1_event
 
 SPEC = yaml.safe_load((ROOT / "openapi.yaml").read_text())
 SCHEMAS = SPEC["components"]["schemas"]
@@ -25,11 +25,11 @@ GATEWAY_ONLY = {"invalid_api_key", "throttled", "gateway_rejected", "gateway_err
 def code_statuses() -> dict[str, set[int]]:
     """code -> statuses, as the serving code and the local server write them."""
     found: dict[str, set[int]] = {}
-    for name in ("handler.py", "remote_image.py", "server.py"):
+    for name in ("serving/api.py", "serving/remote_image.py", "local/server.py"):
         text = (ROOT / "busi_classifier" / name).read_text()
         for status, code in re.findall(r'(?:RequestError|RemoteImageError)\(\s*(\d{3}),\s*"(\w+)"', text):
             found.setdefault(code, set()).add(int(status))
-    remote = (ROOT / "busi_classifier" / "remote_image.py").read_text()
+    remote = (ROOT / "busi_classifier" / "serving" / "remote_image.py").read_text()
     if "def refused" in remote:
         found.setdefault("url_not_allowed", set()).add(400)
     if "def failed" in remote:

@@ -15,8 +15,8 @@ import pytest
 from api_stub import Context, stub_handler
 from PIL import Image
 
-from busi_classifier import observability
-from busi_classifier.events import b64, direct_event, http_v2_event, rest_v1_event
+from busi_classifier.serving import observability
+from busi_classifier.serving.events import b64, direct_event, http_v2_event, rest_v1_event
 
 REQUESTS = 3000
 WARM_UP = 300

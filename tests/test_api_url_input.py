@@ -19,9 +19,9 @@ import pytest
 from api_stub import Context, body_of, stub_handler
 from PIL import Image
 
-from busi_classifier import remote_image
-from busi_classifier.handler import MAX_IMAGE_BYTES
-from busi_classifier.remote_image import RemoteImageError, Response, UrlPolicy, fetch_image, is_public_address
+from busi_classifier.serving import remote_image
+from busi_classifier.serving.api import MAX_IMAGE_BYTES
+from busi_classifier.serving.remote_image import RemoteImageError, Response, UrlPolicy, fetch_image, is_public_address
 
 PUBLIC_IP = "93.184.216.34"
 
@@ -140,7 +140,7 @@ def test_an_allowed_https_url_gives_a_prediction(web, allow):
 
 
 def test_url_through_api_gateway_json_body(web, allow):
-    from busi_classifier.events import rest_v1_event
+    from busi_classifier.serving.events import rest_v1_event
 
     allow("*.example.org")
     answer = stub_handler()(rest_v1_event("POST", "/predict", {"url": "https://images.example.org/scan.png"}), Context())

@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 from conftest import BUSI_DIR
 
-from busi_classifier.audit import connected_groups, group_samples, hash_distances, run_audit
 from busi_classifier.cli import train_main
-from busi_classifier.config import CLASSES, NEAR_DUPLICATE_BITS, ConfigError
-from busi_classifier.dataset import read_dataset
-from busi_classifier.splitting import (
+from busi_classifier.config import NEAR_DUPLICATE_BITS, ConfigError
+from busi_classifier.data.audit import connected_groups, group_samples, hash_distances, run_audit
+from busi_classifier.data.dataset import read_dataset
+from busi_classifier.data.splitting import (
     SPLITS,
     grouped_kfold,
     grouped_split,
     leaked_images,
     stratified_split,
 )
-from busi_classifier.synthetic import generate_dataset, plant_duplicates
+from busi_classifier.data.synthetic import generate_dataset, plant_duplicates
+from busi_classifier.serving.constants import CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,7 @@ def test_hash_distance_and_union_find_basics():
         def __init__(self, bits):
             self.phash = np.array(bits, dtype=bool)
 
-    from busi_classifier import audit
+    from busi_classifier.data import audit
 
     n = audit.HASH_BITS
     a, b = [True] * n, [True] * (n - 3) + [False] * 3

@@ -1,4 +1,4 @@
-"""Tests of the command-line client (busi_classifier/client.py, entry point test.py).
+"""Tests of the command-line client (busi_classifier/local/client.py, entry point test.py).
 
 The CLI is driven as a user types it, against a local HTTP server on 127.0.0.1 that
 records what it receives and answers like the Lambda runtime interface emulator or
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from busi_classifier import client
-from busi_classifier.client import main
+from busi_classifier.local import client
+from busi_classifier.local.client import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMULATOR_PATH = "/2015-03-31/functions/function/invocations"

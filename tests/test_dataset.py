@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi_classifier.config import CLASSES
-from busi_classifier.dataset import DatasetError, cap_per_class, load_images, read_dataset
-from busi_classifier.splitting import stratified_split, write_split_csv
+from busi_classifier.data.dataset import DatasetError, cap_per_class, load_images, read_dataset
+from busi_classifier.data.splitting import stratified_split, write_split_csv
+from busi_classifier.serving.constants import CLASSES
 
 
 def write_png(path, mode="L", size=(30, 20), value=100):

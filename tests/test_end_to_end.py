@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import TEST_IMAGE_SIZE, synthetic_images
 
-from busi_classifier.config import CLASSES
-from busi_classifier.events import b64, direct_event, http_v2_event, rest_v1_event
+from busi_classifier.serving.constants import CLASSES
+from busi_classifier.serving.events import b64, direct_event, http_v2_event, rest_v1_event
 
 pytestmark = pytest.mark.slow
 
@@ -138,9 +138,9 @@ def test_keras_and_lambda_agree_on_the_same_png_bytes(float32_lambda, trained_mo
     """Train/serve parity: Keras model fed through the shared preprocessing vs the
     Lambda handler running the float32 TFLite model with LiteRT (the quantised variants
     are held to their own gates, tests/test_variants.py)."""
-    from busi_classifier.inference import apply_temperature
-    from busi_classifier.model import load_keras_model
-    from busi_classifier.preprocessing import decode_image
+    from busi_classifier.serving.decode import decode_image
+    from busi_classifier.serving.predictor import apply_temperature
+    from busi_classifier.training.model import load_keras_model
 
     model = load_keras_model(trained_model / "model.keras")
     temperature = json.loads((trained_model / "model.json").read_text())["calibration"]["temperature"]
@@ -163,7 +163,7 @@ def test_handler_applies_the_temperature_of_model_json(trained_model, synthetic_
     import shutil
     import sys
 
-    from busi_classifier.inference import Predictor, apply_temperature
+    from busi_classifier.serving.predictor import Predictor, apply_temperature
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -178,7 +178,7 @@ def test_handler_applies_the_temperature_of_model_json(trained_model, synthetic_
     try:
         module = importlib.import_module("lambda_function")
         raw_predictor = Predictor(trained_model / "model.tflite")
-        from busi_classifier.preprocessing import decode_image
+        from busi_classifier.serving.decode import decode_image
 
         for _, data in synthetic_images(synthetic_dir, 1):
             served = np.array(list(module.lambda_handler(direct_event(data), None)["probabilities"].values()))

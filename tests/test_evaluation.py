@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from busi_classifier.evaluation import (
+from busi_classifier.evaluation.metrics import (
     apply_temperature,
     bootstrap_intervals,
     evaluate_predictions,

@@ -9,8 +9,8 @@ import pytest
 from api_stub import Context, body_of, stub_handler
 from conftest import ROOT
 
-from busi_classifier.config import CLASSES
-from busi_classifier.handler import http_request
+from busi_classifier.serving.api import http_request
+from busi_classifier.serving.constants import CLASSES
 
 EVENTS = ROOT / "events"
 

@@ -18,9 +18,9 @@ import pytest
 from api_stub import Context, body_of, leaks, stub_handler
 from PIL import Image
 
-from busi_classifier.config import CLASSES, MAX_IMAGE_PIXELS
-from busi_classifier.events import b64, direct_event, http_v2_event, rest_v1_event
-from busi_classifier.handler import MAX_BATCH, MAX_BODY_BYTES, MAX_IMAGE_BYTES, http_request
+from busi_classifier.serving.api import MAX_BATCH, MAX_BODY_BYTES, MAX_IMAGE_BYTES, http_request
+from busi_classifier.serving.constants import CLASSES, MAX_IMAGE_PIXELS
+from busi_classifier.serving.events import b64, direct_event, http_v2_event, rest_v1_event
 
 
 @pytest.fixture(params=["stub", pytest.param("model", marks=pytest.mark.slow)])
@@ -286,7 +286,7 @@ def test_odd_but_valid_images_get_a_prediction(handler, name):
 
 def test_exif_rotation_changes_what_the_model_sees(handler):
     """The EXIF-rotated JPEG is predicted as its displayed (rotated) picture."""
-    from busi_classifier.preprocessing import decode_image
+    from busi_classifier.serving.decode import decode_image
 
     data = exif_rotated_jpeg()
     stored = Image.open(io.BytesIO(data))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi_classifier.preprocessing import InvalidImageError, decode_image
+from busi_classifier.serving.decode import InvalidImageError, decode_image
 
 SIZE = 32
 

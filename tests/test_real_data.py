@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import BUSI_DIR
 
-from busi_classifier.config import CLASSES
-from busi_classifier.events import http_v2_event
+from busi_classifier.serving.constants import CLASSES
+from busi_classifier.serving.events import http_v2_event
 
 pytestmark = [
     pytest.mark.real_data,
@@ -24,7 +24,7 @@ pytestmark = [
 
 
 def test_reader_sees_every_busi_image_and_attaches_masks():
-    from busi_classifier.dataset import read_dataset
+    from busi_classifier.data.dataset import read_dataset
 
     samples = read_dataset(BUSI_DIR)
     on_disk = {label: {p.name for p in (BUSI_DIR / label).glob("*.png") if "_mask" not in p.name} for label in CLASSES}

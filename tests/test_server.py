@@ -20,8 +20,8 @@ from api_stub import stub_handler
 from conftest import ROOT
 from PIL import Image
 
-from busi_classifier.handler import MAX_BODY_BYTES, http_request
-from busi_classifier.server import encode_body, make_server, request_event, response_parts
+from busi_classifier.local.server import encode_body, make_server, request_event, response_parts
+from busi_classifier.serving.api import MAX_BODY_BYTES, http_request
 
 
 def png_bytes(size=(48, 40), value=100) -> bytes:
@@ -172,7 +172,7 @@ def test_event_shapes_are_what_the_handler_reads():
 def test_binary_media_types_match_the_template():
     import yaml
 
-    from busi_classifier.server import BINARY_MEDIA_TYPES
+    from busi_classifier.local.server import BINARY_MEDIA_TYPES
 
     text = (ROOT / "template.yaml").read_text()
     declared = re.findall(r"^\s+- (image~1\w+)\s*$", text, re.MULTILINE)

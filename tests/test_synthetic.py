@@ -1,4 +1,4 @@
-"""Tests of busi_classifier.synthetic: BUSI layout, determinism, lesion cues, learnability."""
+"""Tests of busi_classifier.data.synthetic: BUSI layout, determinism, lesion cues, learnability."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi_classifier.config import CLASSES
-from busi_classifier.preprocessing import decode_image
-from busi_classifier.synthetic import generate_dataset, main
+from busi_classifier.data.synthetic import generate_dataset, main
+from busi_classifier.serving.constants import CLASSES
+from busi_classifier.serving.decode import decode_image
 
 PER_CLASS = 40
 MIN_SIDE, MAX_SIDE = 160, 260
@@ -259,7 +259,7 @@ def test_mean_brightness_alone_does_not_separate_classes(dataset):
 
 def test_module_imports_no_tensorflow_or_scipy():
     code = (
-        "import sys, busi_classifier.synthetic; "
+        "import sys, busi_classifier.data.synthetic; "
         "bad = [m for m in ('tensorflow', 'keras', 'scipy', 'cv2') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from busi_classifier.client import API_URL_OUTPUT
-from busi_classifier.server import BINARY_MEDIA_TYPES
+from busi_classifier.local.client import API_URL_OUTPUT
+from busi_classifier.local.server import BINARY_MEDIA_TYPES
 
 TEMPLATE = ROOT / "template.yaml"
 TAGS = ["Ref", "Sub", "GetAtt", "If", "Equals", "Not", "And", "Or", "Join", "Select", "Split", "FindInMap",
@@ -110,7 +110,7 @@ def test_function_is_the_container_image_with_chosen_memory_and_timeout(template
 
 def test_environment_variables_are_the_ones_the_code_reads(template):
     variables = template["Resources"]["ClassifierFunction"]["Properties"]["Environment"]["Variables"]
-    sources = "".join((ROOT / "busi_classifier" / f).read_text() for f in ("handler.py", "observability.py", "remote_image.py", "inference.py"))
+    sources = "".join((ROOT / "busi_classifier" / "serving" / f).read_text() for f in ("api.py", "observability.py", "remote_image.py", "predictor.py"))
     for name in variables:
         assert f'"{name}"' in sources or name in ("LOG_LEVEL",), f"{name} is set but never read"
     assert {"CORS_ALLOW_ORIGIN", "IMAGE_URL_ALLOWLIST", "LOG_LEVEL", "METRICS_NAMESPACE"} <= set(variables)

@@ -87,7 +87,7 @@ def test_cached_features_give_the_same_head_as_running_the_base(synthetic_dir, w
     augmentation and with one view, the head trains to the same weights."""
     import keras
 
-    from busi_classifier.model import load_keras_model
+    from busi_classifier.training.model import load_keras_model
 
     common = ["--weights", str(weights_file), "--epochs-head", "2", "--epochs-fine-tune", "0", "--augment", "none",
               "--feature-views", "1", "--early-stopping", "0", "--lr-schedule", "constant"]
@@ -108,7 +108,7 @@ def test_mirrored_strategy_and_mixed_precision_run_on_cpu(synthetic_dir, tmp_pat
                "--distribute", "mirrored", "--mixed-precision")
     assert meta["training"]["distribute"] == "mirrored" and meta["training"]["mixed_precision"] is True
     # the export is float32 whatever the training policy: LiteRT loads it and it sums to one
-    from busi_classifier.inference import Predictor
+    from busi_classifier.serving.predictor import Predictor
 
     predictor = Predictor(out / "model.tflite")
     p = predictor.predict_array(np.zeros((32, 32, 3), dtype=np.uint8))
@@ -119,7 +119,7 @@ def test_mirrored_strategy_and_mixed_precision_run_on_cpu(synthetic_dir, tmp_pat
 
 
 def test_evaluate_command_reproduces_what_training_wrote(trained_model, capsys):
-    from busi_classifier.scoring import main
+    from busi_classifier.evaluation.scoring import main
 
     written = json.loads((trained_model / "metrics.json").read_text())["test"]
     assert main(["--model", str(trained_model / "model.keras"), "--quiet"]) == 0
@@ -140,7 +140,7 @@ def test_preprocess_layer_is_resnet50_caffe_preprocessing():
     """The layer inside the model equals keras.applications.resnet50.preprocess_input."""
     import keras
 
-    from busi_classifier.model import ResNet50Preprocess
+    from busi_classifier.training.model import ResNet50Preprocess
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     expected = keras.applications.resnet50.preprocess_input(x.copy())

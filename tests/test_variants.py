@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, TEST_IMAGE_SIZE, fresh_lambda, synthetic_images
 
-from busi_classifier.events import direct_event, http_v2_event
-from busi_classifier.variants import VARIANT_FILES, agreement_evidence, choose_default, passes_gates
+from busi_classifier.export.variants import VARIANT_FILES, agreement_evidence, choose_default, passes_gates
+from busi_classifier.serving.events import direct_event, http_v2_event
 
 
 def evidence(agreement=1.0, f1_diff=0.0):
@@ -49,10 +49,10 @@ def test_agreement_evidence_by_hand():
 
 @pytest.mark.slow
 def test_every_variant_loads_with_the_pinned_litert_and_its_evidence_holds(trained_model, synthetic_dir):
-    from busi_classifier.dataset import load_images
-    from busi_classifier.inference import Predictor
-    from busi_classifier.model import load_keras_model
-    from busi_classifier.scoring import read_split
+    from busi_classifier.data.dataset import load_images
+    from busi_classifier.evaluation.scoring import read_split
+    from busi_classifier.serving.predictor import Predictor
+    from busi_classifier.training.model import load_keras_model
 
     pinned = next(line.split("==")[1].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
                   if line.startswith("ai-edge-litert=="))

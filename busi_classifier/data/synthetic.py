@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .config import CLASSES
+from busi_classifier.serving.constants import CLASSES
 
 MIN_SIDE_ALLOWED = 64
 
@@ -548,7 +548,7 @@ def plant_duplicates(out_dir, seed: int = 0) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m busi_classifier.synthetic",
+        prog="python -m busi_classifier.data.synthetic",
         description="Write a synthetic breast-ultrasound data set in the BUSI folder layout.",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")

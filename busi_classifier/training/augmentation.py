@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from .config import AUGMENTATIONS, parse_augmentations  # noqa: F401  (re-exported)
+from busi_classifier.config import AUGMENTATIONS, parse_augmentations  # noqa: F401  (re-exported)
 
 
 @keras.saving.register_keras_serializable(package="busi_classifier")

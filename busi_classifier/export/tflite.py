@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import __version__
-from .config import CLASSES, PREPROCESSING_DESCRIPTION, TrainConfig
-from .variants import (
+from busi_classifier import __version__
+from busi_classifier.config import TrainConfig
+from busi_classifier.export.variants import (
     MAX_MACRO_F1_LOSS,
     MIN_TOP1_AGREEMENT,
     VARIANT_FILES,
@@ -28,6 +28,8 @@ from .variants import (
     agreement_evidence,
     choose_default,
 )
+from busi_classifier.serving.constants import CLASSES
+from busi_classifier.serving.decode import PREPROCESSING_DESCRIPTION
 
 TRACKED_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pillow", "ai-edge-litert")
 
@@ -78,7 +80,7 @@ def convert_to_tflite(model: keras.Model, variant: str = "float32", representati
 
 def _predictor(path: Path, image_size: int):
     """A one-thread LiteRT predictor of a freshly written .tflite file (model.json does not exist yet)."""
-    from .inference import Predictor
+    from busi_classifier.serving.predictor import Predictor
 
     return Predictor(path, num_threads=1, metadata={"classes": list(CLASSES), "input": {"size": image_size}})
 

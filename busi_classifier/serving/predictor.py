@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocessing import decode_image
+from .decode import decode_image
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CLASSES, ConfigError
-from .dataset import Sample
+from busi_classifier.config import ConfigError
+from busi_classifier.data.dataset import Sample
+from busi_classifier.serving.constants import CLASSES
 
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"

@@ -7,7 +7,8 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from .config import CLASSES, ConfigError, TrainConfig
+from busi_classifier.config import ConfigError, TrainConfig
+from busi_classifier.serving.constants import CLASSES
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 WEIGHTS_FILE_HINT = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"

@@ -24,7 +24,7 @@ def agreement_evidence(reference: np.ndarray, candidate: np.ndarray, y_true: np.
     """How closely ``candidate`` probabilities follow ``reference`` (the Keras model) on
     the same images: top-1 agreement, macro-F1 and macro-AUC differences, largest
     probability difference."""
-    from .evaluation import point_metrics
+    from busi_classifier.evaluation.metrics import point_metrics
 
     ref, cand = point_metrics(y_true, reference), point_metrics(y_true, candidate)
     auc_diff = None

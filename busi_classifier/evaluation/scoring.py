@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CLASSES
-from .dataset import DatasetError, Sample, load_images
-from .inference import ModelLoadError, read_metadata
+from busi_classifier.data.dataset import DatasetError, Sample, load_images
+from busi_classifier.serving.constants import CLASSES
+from busi_classifier.serving.predictor import ModelLoadError, read_metadata
 
 
 def read_split(split_csv: Path, data_dir: Path, subset: str) -> list[Sample]:
@@ -42,11 +42,11 @@ def read_split(split_csv: Path, data_dir: Path, subset: str) -> list[Sample]:
 def predict_raw(model_path: Path, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Uncalibrated probabilities of a .keras or .tflite model for uint8 images."""
     if model_path.suffix == ".keras":
-        from .model import load_keras_model
+        from busi_classifier.training.model import load_keras_model
 
         model = load_keras_model(model_path)
         return model.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
-    from .inference import Predictor
+    from busi_classifier.serving.predictor import Predictor
 
     return Predictor(model_path).raw_probabilities(images)
 
@@ -55,7 +55,7 @@ def evaluate_model(model_path: str | Path, data_dir: str | Path | None = None, s
                    subset: str = "test", bootstrap: int | None = None, seed: int | None = None,
                    progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
     """(metrics, true labels, raw probabilities) of ``model_path`` on one split."""
-    from .evaluation import evaluate_predictions
+    from busi_classifier.evaluation.metrics import evaluate_predictions
 
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     except (DatasetError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    from .training_figures import write_evaluation_figures
+    from busi_classifier.evaluation.figures import write_evaluation_figures
 
     model_path = Path(args.model)
     out = Path(args.out) if args.out else model_path.parent

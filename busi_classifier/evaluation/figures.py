@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CLASSES
-from .evaluation import apply_temperature, reliability, roc_auc, roc_curve
+from busi_classifier.evaluation.metrics import apply_temperature, reliability, roc_auc, roc_curve
+from busi_classifier.serving.constants import CLASSES
 
 CLASS_COLOURS = {"normal": "#4c9a2a", "benign": "#1f77b4", "malignant": "#d62728"}
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .config import CLASSES
-from .inference import apply_temperature
+from busi_classifier.serving.constants import CLASSES
+from busi_classifier.serving.predictor import apply_temperature
 
 POSITIVE_CLASS = "malignant"
 TARGET_RATE = 0.9  # sensitivity at 90 % specificity and the reverse

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from .handler import MAX_BODY_BYTES
+from busi_classifier.serving.api import MAX_BODY_BYTES
 
 BINARY_MEDIA_TYPES = ("image/png", "image/jpeg")  # the BinaryMediaTypes of template.yaml
 STAGE = "local"

@@ -9,7 +9,7 @@ Accepted events:
   (``isBase64Encoded: true``); ``GET /health``; ``OPTIONS`` (CORS preflight).
 Client errors are 4xx with ``{"error": {"code", "message"}}``; never a traceback, never
 an internal path. Every request writes one JSON log line and CloudWatch EMF metric lines
-(busi_classifier.observability); image bytes are never logged.
+(busi_classifier.serving.observability); image bytes are never logged.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 import traceback
 
 from . import observability
-from .preprocessing import ImageTooLargeError, InvalidImageError
+from .decode import ImageTooLargeError, InvalidImageError
 
 MAX_BATCH = 16
 # A synchronous Lambda invocation takes at most 6 MB (6,291,456 bytes) of event, and a

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .config import CLASSES, NEAR_DUPLICATE_BITS
-from .dataset import DatasetError, Sample, find_dataset_root, read_dataset
-from .preprocessing import InvalidImageError, open_image, to_rgb
+from busi_classifier.config import NEAR_DUPLICATE_BITS
+from busi_classifier.data.dataset import DatasetError, Sample, find_dataset_root, read_dataset
+from busi_classifier.serving.constants import CLASSES
+from busi_classifier.serving.decode import InvalidImageError, open_image, to_rgb
 
 HASH_SIZE = 64  # side of the image the DCT is taken on
 HASH_FREQUENCIES = 16  # the HASH_FREQUENCIES x HASH_FREQUENCIES lowest frequencies make the hash
@@ -179,7 +180,7 @@ def leak_comparison(samples: Sequence[Sample], grouping: Grouping, val_fraction:
                     test_fraction: float = 0.15, seed: int = 42) -> dict:
     """How many test images have a near-duplicate in train: random image-level split
     versus the grouped split, same proportions and seed."""
-    from .splitting import grouped_split, leaked_images, stratified_split
+    from busi_classifier.data.splitting import grouped_split, leaked_images, stratified_split
 
     paths = [s.path for s in samples]
     random = stratified_split(samples, val_fraction, test_fraction, seed)
@@ -331,7 +332,7 @@ def run_audit(data_dir: str | Path, out_dir: str | Path, figures_dir: str | Path
     out.mkdir(parents=True, exist_ok=True)
     figures = None
     if figures_dir is not False:
-        from .audit_figures import write_audit_figures
+        from busi_classifier.data.audit_figures import write_audit_figures
 
         fig_dir = Path(figures_dir) if figures_dir else out
         written = write_audit_figures(grouping, samples, root, fig_dir)

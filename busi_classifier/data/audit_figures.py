@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .audit import Grouping
-from .config import CLASSES
-from .dataset import Sample
-from .preprocessing import decode_image
+from busi_classifier.data.audit import Grouping
+from busi_classifier.data.dataset import Sample
+from busi_classifier.serving.constants import CLASSES
+from busi_classifier.serving.decode import decode_image
 
 CLASS_COLOURS = {"normal": "#4c9a2a", "benign": "#1f77b4", "malignant": "#d62728"}
 THUMB = 160

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import DEFAULT_IMAGE_SIZE, MAX_IMAGE_PIXELS
+from .constants import DEFAULT_IMAGE_SIZE, MAX_IMAGE_PIXELS
 
 _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -111,3 +111,18 @@ def decode_image(data: bytes, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     canvas = Image.new("RGB", (size, size), (0, 0, 0))
     canvas.paste(resized, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
     return np.asarray(canvas, dtype=np.uint8)
+
+# How the model input is made; written into model.json so that every consumer of the
+# exported model knows what the TFLite input expects.
+PREPROCESSING_DESCRIPTION = {
+    "function": "busi_classifier.serving.decode.decode_image",
+    "exif_orientation": "applied",
+    "color": "any Pillow mode converted to RGB uint8 (alpha composited on black, "
+    "16-bit scaled by 1/257)",
+    "resize": "aspect ratio kept: longer side scaled to the input size with Pillow "
+    "bilinear (antialiased), centred on a black square canvas",
+    "input_dtype": "float32",
+    "input_range": "raw RGB 0..255; no mean subtraction by the caller",
+    "model_internal_normalization": "keras.applications.resnet50.preprocess_input "
+    "(RGB->BGR, ImageNet mean subtraction) is a layer inside the model",
+}

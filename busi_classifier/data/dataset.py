@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .config import CLASSES, IMAGE_EXTENSIONS
-from .preprocessing import InvalidImageError, decode_image
+from busi_classifier.serving.constants import CLASSES, IMAGE_EXTENSIONS
+from busi_classifier.serving.decode import InvalidImageError, decode_image
 
 _MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<index>\d+))?$", re.IGNORECASE)
 

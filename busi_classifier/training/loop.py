@@ -14,10 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CLASSES, ConfigError, TrainConfig
-from .dataset import cap_per_class, find_dataset_root, fingerprint, load_images, read_dataset
-from .inference import apply_temperature
-from .splitting import SPLITS, SplitResult, grouped_kfold, grouped_split, stratified_split, write_split_csv
+from busi_classifier.config import ConfigError, TrainConfig
+from busi_classifier.data.dataset import cap_per_class, find_dataset_root, fingerprint, load_images, read_dataset
+from busi_classifier.data.splitting import (
+    SPLITS,
+    SplitResult,
+    grouped_kfold,
+    grouped_split,
+    stratified_split,
+    write_split_csv,
+)
+from busi_classifier.serving.constants import CLASSES
+from busi_classifier.serving.predictor import apply_temperature
 
 MIN_CALIBRATION_IMAGES = 20  # fewer validation images fit a temperature to noise
 REPRESENTATIVE_IMAGES = 100  # training images that calibrate the int8_full activation ranges
@@ -33,7 +41,7 @@ def prepare_split(config: TrainConfig, progress: bool = True) -> tuple[Path, lis
             raise ConfigError("--folds needs the grouped split")
         result = SplitResult(stratified_split(samples, config.val_fraction, config.test_fraction, config.seed))
     elif config.split == "grouped":
-        from .audit import group_samples
+        from busi_classifier.data.audit import group_samples
 
         grouping = group_samples(samples, root, config.near_duplicate_bits, progress)
         if config.folds:
@@ -241,11 +249,11 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         raise ConfigError("the validation and test splits must not be empty (more images, or other fractions)")
 
     # Heavy imports only after the cheap checks passed, so user mistakes fail fast.
-    from .augmentation import build_augmenter
-    from .evaluation import evaluate_predictions, fit_temperature, point_metrics
-    from .export import export_model, write_json
-    from .model import build_model, freeze_base, is_pretrained, unfreeze_top
-    from .training_figures import write_training_figures
+    from busi_classifier.evaluation.figures import write_training_figures
+    from busi_classifier.evaluation.metrics import evaluate_predictions, fit_temperature, point_metrics
+    from busi_classifier.export.tflite import export_model, write_json
+    from busi_classifier.training.augmentation import build_augmenter
+    from busi_classifier.training.model import build_model, freeze_base, is_pretrained, unfreeze_top
 
     strategy = configure_runtime(config)
     x = {name: load_images(split[name], config.image_size, progress) for name in SPLITS}

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, bootstrap intervals, calibration, scoring an exported model, figures."""

@@ -1,0 +1,1 @@
+"""Local tools: the HTTP server that turns requests into API Gateway events, the client behind test.py."""

@@ -1,0 +1,1 @@
+"""Training: the Keras model, augmentation and the training loop (TensorFlow world)."""
