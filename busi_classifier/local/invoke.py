@@ -1,0 +1,69 @@
+"""`python -m busi_classifier invoke`: run the Lambda handler in this process on a few images
+of each class, through every event shape, and print the answers (what `make demo` shows)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def invoke_main(argv) -> int:
+    """Run lambda_function.lambda_handler in this process on a few images of each class,
+    through every event shape, and print the answers (what `make demo` shows)."""
+    p = argparse.ArgumentParser(prog="python -m busi_classifier invoke", description=invoke_main.__doc__)
+    p.add_argument("--model", default="artifacts/model",
+                   help="model folder (serves its default variant, or MODEL_VARIANT) or a .tflite file")
+    p.add_argument("--data", required=True, help="dataset folder in the BUSI layout")
+    p.add_argument("--per-class", type=int, default=2)
+    args = p.parse_args(argv)
+
+    os.environ["MODEL_PATH"] = str(Path(args.model).resolve())
+    # the answers are printed for a person: no JSON request log or metric lines between them
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("EMF_METRICS", "off")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import lambda_function
+    from busi_classifier.data.dataset import DatasetError, read_dataset
+    from busi_classifier.serving.events import direct_event, http_v2_event, rest_v1_event
+
+    if lambda_function.PREDICTOR is None:
+        print(f"error: {lambda_function.LOAD_ERROR}", file=sys.stderr)
+        return 1
+    try:
+        samples = read_dataset(args.data)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    handler = lambda_function.lambda_handler
+
+    def show(kind: str, answer: dict) -> None:
+        body = json.loads(answer["body"]) if "body" in answer else answer
+        # direct invocations carry no status code: show the one API Gateway would give
+        status = answer.get("statusCode") or ("error" if "error" in body else "ok")
+        print(f"  {kind:<28} -> {status} {json.dumps(body)}")
+
+    print("GET /health")
+    show("REST API (1.0)", handler(rest_v1_event("GET", "/health"), None))
+    show("HTTP API (2.0)", handler(http_v2_event("GET", "/health"), None))
+    correct = total = 0
+    for label in lambda_function.PREDICTOR.classes:
+        for sample in [s for s in samples if s.label == label][: args.per_class]:
+            data = sample.path.read_bytes()
+            print(f"{sample.path.name} (true: {label})")
+            answers = {
+                "direct {image}": handler(direct_event(data), None),
+                "REST API (1.0) JSON body": handler(rest_v1_event("POST", "/predict", {"image": direct_event(data)["image"]}), None),
+                "HTTP API (2.0) raw PNG body": handler(http_v2_event("POST", "/predict", raw=data), None),
+            }
+            for kind, answer in answers.items():
+                show(kind, answer)
+            total += 1
+            correct += answers["direct {image}"].get("prediction") == label
+    print("bad input:")
+    show("REST API, body not an image", handler(rest_v1_event("POST", "/predict", raw=b"hello"), None))
+    show("direct, missing image", handler({"picture": "x"}, None))
+    print(f"{correct}/{total} shown images predicted correctly")
+    return 0
