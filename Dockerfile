@@ -2,18 +2,31 @@
 # LiteRT + Pillow + NumPy, no TensorFlow).
 #   docker build -t busi-classifier .                       # model from artifacts/model
 #   docker build --build-arg MODEL_DIR=path/to/model -t busi-classifier .
+#   docker build --build-arg EXTRA_VARIANTS="float32" ...   # also carry other variants (or "all")
+#   docker buildx build --platform linux/arm64 -t busi-classifier:arm64 .   # Graviton (docs/deploy.md)
 #   docker run --rm -p 9000:8080 busi-classifier
 #   python test.py some.png
 # ai-edge-litert wheels need glibc >= 2.27: python:3.12 (Amazon Linux 2023) or newer.
+# tests/test_emulator.py lays out this file's task root (COPY, RUN, ENV) and runs it under
+# the real Lambda Runtime Interface Emulator; keep to the instructions it knows.
+
+# Stage 1: the model files the function serves. model.json's default_variant (the one
+# served unless MODEL_VARIANT says otherwise) and the variants in EXTRA_VARIANTS; the
+# others never reach a layer of the final image (each variant is 23-90 MB at 224 px).
+FROM public.ecr.aws/lambda/python:3.12 AS model
+ARG MODEL_DIR=artifacts/model
+ARG EXTRA_VARIANTS=""
+COPY docker/select_model.py /tmp/select_model.py
+COPY ${MODEL_DIR}/ /tmp/model-all/
+RUN python3 /tmp/select_model.py /tmp/model-all /tmp/model ${EXTRA_VARIANTS}
+
+# Stage 2: the function.
 FROM public.ecr.aws/lambda/python:3.12
 
 COPY requirements.txt ${LAMBDA_TASK_ROOT}/
 RUN pip install --no-cache-dir -r ${LAMBDA_TASK_ROOT}/requirements.txt --target ${LAMBDA_TASK_ROOT}
 
-# The model: model.json (classes, input size, version, default variant) and the TFLite
-# variants; the function serves model.json's default_variant unless MODEL_VARIANT says otherwise.
-ARG MODEL_DIR=artifacts/model
-COPY ${MODEL_DIR}/model.json ${MODEL_DIR}/model.tflite ${MODEL_DIR}/model_float16.tflite ${MODEL_DIR}/model_int8_dynamic.tflite ${MODEL_DIR}/model_int8_full.tflite ${LAMBDA_TASK_ROOT}/model/
+COPY --from=model /tmp/model/ ${LAMBDA_TASK_ROOT}/model/
 ENV MODEL_PATH=${LAMBDA_TASK_ROOT}/model
 
 # The serving world as a whole: busi_classifier/serving imports nothing else of the package

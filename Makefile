@@ -3,20 +3,28 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+STAMP  := $(VENV)/.setup-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
 DEMO_DATA := data/synthetic
 DEMO_OUT  := artifacts/model
 
-.PHONY: setup demo test test-fast bench lint clean
-
-setup: $(STAMP)
+.PHONY: setup dev demo test test-fast bench lint clean
 
 # Idempotent: reinstalls only when pyproject.toml or requirements.txt change.
+# setup: the serving pins + the training extras (what demo, train and bench need);
+# dev: + the test and lint tools (what test, test-fast and lint need).
+setup: $(STAMP)
+dev: $(DEV_STAMP)
+
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt -e ".[train,dev]"
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e ".[train]"
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e ".[train,dev]"
+	touch $(DEV_STAMP)
 
 demo: setup
 	$(BIN)/python -m busi_classifier synthesize --out $(DEMO_DATA) --per-class 100 --seed 0
@@ -24,10 +32,10 @@ demo: setup
 		--image-size 96 --epochs-head 12 --epochs-fine-tune 0 --batch-size 16
 	$(BIN)/python -m busi_classifier invoke --model $(DEMO_OUT) --data $(DEMO_DATA) --per-class 2
 
-test: setup
+test: dev
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: dev
 	$(BIN)/python -m pytest -m "not slow"
 
 # Serving benchmarks into BENCHMARKS.md (BENCH_MODEL=folder of a trained model; the demo's by default).
@@ -36,7 +44,7 @@ bench: setup
 	test -f $(BENCH_MODEL)/model.json || $(MAKE) demo
 	$(BIN)/python benchmarks/serving.py --model $(BENCH_MODEL)
 
-lint: setup
+lint: dev
 	$(BIN)/ruff check .
 
 clean:

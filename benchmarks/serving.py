@@ -49,7 +49,7 @@ requests, batch = int(sys.argv[2]), int(sys.argv[3])
 t0 = time.perf_counter()
 import lambda_function
 init_s = time.perf_counter() - t0
-assert lambda_function.PREDICTOR is not None, lambda_function.LOAD_ERROR
+assert lambda_function.lambda_handler.predictor is not None, lambda_function.lambda_handler.load_error
 events = [{"image": base64.b64encode(open(p, "rb").read()).decode()} for p in paths]
 for e in events[:5]:
     lambda_function.lambda_handler(e, None)
@@ -67,7 +67,7 @@ for _ in range(rounds):
     answer = lambda_function.lambda_handler(batch_event, None)
 batch_s = (time.perf_counter() - t) / rounds
 print(json.dumps({"init_s": init_s, "times_ms": times, "batch_images_per_s": batch / batch_s,
-                  "variant": lambda_function.PREDICTOR.variant, "threads": lambda_function.PREDICTOR.num_threads,
+                  "variant": lambda_function.lambda_handler.predictor.variant, "threads": lambda_function.lambda_handler.predictor.num_threads,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -75,7 +75,7 @@ INIT = r"""
 import json, time
 t0 = time.perf_counter()
 import lambda_function
-print(json.dumps({"init_s": time.perf_counter() - t0, "error": lambda_function.LOAD_ERROR}))
+print(json.dumps({"init_s": time.perf_counter() - t0, "error": lambda_function.lambda_handler.load_error}))
 """
 
 # The original project's request path, replicated: new interpreter per request,

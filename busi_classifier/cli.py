@@ -1,184 +1,207 @@
-"""Command-line entry points (train.py and ``python -m busi_classifier``)."""
+"""The command line: ``python -m busi_classifier COMMAND`` (``python train.py`` = ``train``).
+
+Commands that only read files (audit, split, predict, synthesize) never import
+TensorFlow; train checks everything cheap (flags, dataset layout, weights, stage names)
+before it hashes an image or imports TensorFlow.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+from pathlib import Path
 
-from busi_classifier.config import AUGMENTATIONS, ConfigError, TrainConfig, parse_augmentations
-from busi_classifier.serving.constants import CLASSES, DEFAULT_IMAGE_SIZE
+from busi_classifier.config import ConfigError, TrainConfig
 
 DEFAULTS = TrainConfig()
 DEFAULT_AUDIT_DIR = "artifacts/audit"
+DEFAULT_MODEL_DIR = "artifacts/model"
+
+# TrainConfig fields the `split` command takes (the rest only matter for training).
+SPLIT_SETTINGS = ("data_dir", "out_dir", "seed", "max_per_class", "val_fraction", "test_fraction", "split",
+                  "near_duplicate_bits", "conflict_label", "folds", "fold")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and shows every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.required or action.default is argparse.SUPPRESS
+                or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
-def train_parser() -> argparse.ArgumentParser:
-    d = DEFAULTS
-    p = argparse.ArgumentParser(
-        prog="train.py",
-        description="Train the ResNet50 breast-ultrasound classifier (normal/benign/malignant) "
-        "on a folder in the BUSI layout, calibrate and evaluate it, and export model.keras, "
-        "model.tflite and model.json.",
-        epilog="examples:\n"
-        "  python train.py --data data/Dataset_BUSI_with_GT --out artifacts/model\n"
-        "  python train.py --data data/synthetic --weights none --epochs-head 3 --epochs-fine-tune 0\n"
-        "  python train.py --data DIR --weights ~/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5\n"
-        "  python train.py --data DIR --audit --out docs/audit --figures imgs\n"
-        "  python train.py --data DIR --out DIR --split-only",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--data", required=True, help="dataset folder with normal/, benign/, malignant/")
-    p.add_argument("--out", default=None,
-                   help=f"output folder (default {d.out_dir}; with --audit: {DEFAULT_AUDIT_DIR})")
-    p.add_argument("--figures", default=None, help="folder for the figures (default: --out)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+def _bounded_int(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
 
-    g = p.add_argument_group("model and phases")
-    g.add_argument("--weights", default=d.weights,
-                   help="'imagenet' (default, downloads once), 'none' (random init) or a path to a ResNet50 "
-                   "no-top weights file")
-    g.add_argument("--image-size", type=_positive_int, default=DEFAULT_IMAGE_SIZE,
-                   help="input side in pixels (default 224)")
-    g.add_argument("--epochs-head", type=int, default=d.epochs_head,
-                   help=f"phase 1 epochs: head on the frozen base (with --weights none: whole network; default "
-                   f"{d.epochs_head})")
-    g.add_argument("--epochs-fine-tune", type=int, default=d.epochs_fine_tune,
-                   help=f"phase 2 epochs per unfreezing stage (with --weights none: added to phase 1; default "
-                   f"{d.epochs_fine_tune})")
-    g.add_argument("--fine-tune-stages", default=",".join(d.fine_tune_stages),
-                   help="gradual unfreezing: comma-separated base layers, each stage unfreezes from that layer on "
-                   "(default %(default)s; e.g. conv5_block1_1_conv,conv4_block1_1_conv)")
-    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    g.add_argument("--lr-head", type=float, default=d.lr_head, help="phase 1 learning rate (default %(default)g)")
-    g.add_argument("--lr-fine-tune", type=float, default=d.lr_fine_tune,
-                   help="phase 2 learning rate (default %(default)g)")
-    g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--seed", type=int, default=d.seed, help="drives split, initialisation, augmentation, shuffling")
-    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=d.deterministic,
-                   help="TensorFlow op determinism (default on)")
-    g.add_argument("--max-per-class", type=_positive_int, default=None, help="cap on images per class (quick runs)")
+    parse.__name__ = "int"
+    return parse
 
-    g = p.add_argument_group("loss, schedule, selection")
-    g.add_argument("--loss", choices=("crossentropy", "focal"), default=d.loss)
-    g.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    g.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=d.class_weights,
-                   help="weight the loss by inverse class frequency (default on)")
-    g.add_argument("--lr-schedule", choices=("plateau", "cosine", "constant"), default=d.lr_schedule,
-                   help="plateau: ReduceLROnPlateau; cosine: cosine decay after --warmup-epochs (default %(default)s)")
-    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
-    g.add_argument("--monitor", choices=("val_macro_f1", "val_macro_auc"), default=d.monitor,
-                   help="validation metric that picks the kept epoch and drives early stopping")
-    g.add_argument("--early-stopping", type=int, default=d.early_stopping, metavar="PATIENCE",
-                   help="stop a phase after PATIENCE epochs without improvement (0: off; default %(default)s)")
-    g.add_argument("--augment", default=",".join(d.augment),
-                   help=f"augmentations: comma list of {', '.join(AUGMENTATIONS)}, or 'all' / 'none' "
-                   "(default %(default)s)")
-    g.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=d.cache_features,
-                   help="with pretrained weights: train the head on base features computed once per view "
-                   "instead of running the frozen base every epoch (default on)")
-    g.add_argument("--feature-views", type=_positive_int, default=d.feature_views,
-                   help="views per image for --cache-features: the image plus N-1 augmented copies")
-    g.add_argument("--bootstrap", type=int, default=d.bootstrap_resamples, metavar="N",
-                   help="bootstrap resamples for the confidence intervals (default %(default)s)")
 
-    g = p.add_argument_group("hardware")
-    g.add_argument("--distribute", choices=("none", "mirrored"), default=d.distribute,
-                   help="mirrored: tf.distribute.MirroredStrategy over every visible GPU")
-    g.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (for GPUs; exports float32)")
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--quiet and --verbose, shared by the commands that run long."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (they are off anyway when stderr is "
+                        "not a terminal, e.g. a log file)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's, absl's and the TFLite converter's own log lines")
 
-    g = p.add_argument_group("data audit and split")
-    g.add_argument("--audit", action="store_true",
-                   help="only audit the dataset: write audit.md, audit.json and figures into --out, then stop")
-    g.add_argument("--split-only", action="store_true", help="only write OUT/split.csv, then stop (no training)")
-    g.add_argument("--split", choices=("grouped", "random"), default=d.split,
-                   help="grouped (default): near-duplicate groups never straddle train/val/test; "
-                   "random: image-level split (leaks near-duplicates, for comparison only)")
-    g.add_argument("--near-duplicate-bits", type=int, default=d.near_duplicate_bits,
-                   help=f"perceptual-hash distance at or below which two images are near-duplicates "
-                   f"(default {d.near_duplicate_bits})")
-    g.add_argument("--conflict-label", choices=CLASSES, default=None,
-                   help="keep groups whose images carry different labels, all relabelled to this class "
-                   "(default: leave them out of training and evaluation)")
-    g.add_argument("--folds", type=int, default=0, help="grouped k-fold cross-validation with K folds (K >= 3)")
-    g.add_argument("--fold", type=int, default=0, help="with --folds: the test fold (0..K-1); fold+1 is validation")
-    return p
+
+def add_config_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One option per TrainConfig field (all, or ``names``), built from the field's
+    metadata: flag name, help, choices, type; comma-list settings stay text until
+    ``config_from_args`` parses them (so their errors are one clear line).
+
+    Args:
+        parser: the parser to add the options to (in argument groups).
+        names: the TrainConfig fields to offer; None: every field.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(TrainConfig):
+        if names is not None and f.name not in names:
+            continue
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        default = getattr(DEFAULTS, f.name)
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        kwargs: dict = {"dest": f.name, "help": meta["help"]}
+        if not isinstance(default, bool) and not meta["choices"]:
+            kwargs["metavar"] = meta["metavar"] or flag.lstrip("-").upper().replace("-", "_")
+        if isinstance(default, bool):
+            kwargs.update(action=argparse.BooleanOptionalAction, default=default)
+        elif meta["parse"]:
+            kwargs.update(default=",".join(default))
+        else:
+            kind = {"positive": _bounded_int(1), "nonneg": _bounded_int(0)}.get(meta["kind"])
+            kwargs.update(type=kind or (type(default) if default is not None else str), default=default,
+                          choices=meta["choices"])
+        if f.name == "data_dir":
+            kwargs.pop("default")
+            kwargs["required"] = True
+        group.add_argument(flag, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed arguments; raises ConfigError for values that cannot work."""
-    augment = parse_augmentations(args.augment)
-    stages = tuple(s.strip() for s in args.fine_tune_stages.split(",") if s.strip())
-    config = TrainConfig(
-        data_dir=args.data,
-        out_dir=args.out or DEFAULTS.out_dir,
-        figures_dir=args.figures,
-        weights=args.weights,
-        image_size=args.image_size,
-        epochs_head=args.epochs_head,
-        epochs_fine_tune=args.epochs_fine_tune,
-        batch_size=args.batch_size,
-        lr_head=args.lr_head,
-        lr_fine_tune=args.lr_fine_tune,
-        fine_tune_stages=stages,
-        dropout=args.dropout,
-        seed=args.seed,
-        deterministic=args.deterministic,
-        max_per_class=args.max_per_class,
-        loss=args.loss,
-        focal_gamma=args.focal_gamma,
-        label_smoothing=args.label_smoothing,
-        class_weights=args.class_weights,
-        lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs,
-        monitor=args.monitor,
-        early_stopping=args.early_stopping,
-        augment=augment,
-        cache_features=args.cache_features,
-        feature_views=args.feature_views,
-        distribute=args.distribute,
-        mixed_precision=args.mixed_precision,
-        split=args.split,
-        near_duplicate_bits=args.near_duplicate_bits,
-        conflict_label=args.conflict_label,
-        folds=args.folds,
-        fold=args.fold,
-        bootstrap_resamples=args.bootstrap,
-    )
+    """TrainConfig from parsed arguments (the fields the parser offered; the others keep
+    their defaults); raises ConfigError for values that cannot work."""
+    values = {}
+    for f in fields(TrainConfig):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            parse = f.metadata["parse"]
+            values[f.name] = parse(value) if parse and isinstance(value, str) else value
+    config = TrainConfig(**values)
     config.check()
     return config
 
 
-def train_main(argv=None) -> int:
-    args = train_parser().parse_args(argv)
-    if args.audit:
-        return audit_main(args)
-    if args.split_only:
-        return split_main(args)
+def _parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter)
+
+
+def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    p = _parser(
+        prog,
+        "Train the ResNet50 breast-ultrasound classifier (normal/benign/malignant) on a folder in the BUSI\n"
+        "layout, calibrate and evaluate it, and export model.keras, the TFLite variants and model.json.",
+        "examples:\n"
+        "  python train.py --data data/Dataset_BUSI_with_GT --out artifacts/model\n"
+        "  python train.py --data data/synthetic --weights none --epochs-head 3 --epochs-fine-tune 0\n"
+        "  python train.py --data DIR --weights ~/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5\n"
+        "  python train.py --data DIR --variants float32,int8_dynamic\n"
+        "The old flags still work: `train.py --audit ...` runs `python -m busi_classifier audit ...` and\n"
+        "`train.py --split-only ...` runs `python -m busi_classifier split ...`.",
+    )
+    add_config_arguments(p)
+    add_output_options(p)
+    return p
+
+
+def quiet_tensorflow(verbose: bool) -> None:
+    """Before TensorFlow is imported: keep its C++ and absl log lines (the oneDNN notice,
+    CPU feature lines, duplicated warnings) out of the console unless ``verbose``."""
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")  # the C++ absl logger (its E0000 lines)
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:
+        pass
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send what C/C++ code writes to file descriptor 2 (the TFLite converter's MLIR
+    notes, LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate") to /dev/null for the
+    duration; Python's own sys.stderr is flushed first and works again after."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: in a log file a bar is hundreds of carriage returns."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _error(exc: Exception, code: int = 1) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return code
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_main(argv=None, prog: str = "train.py") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for legacy, command in (("--audit", audit_main), ("--split-only", split_main)):
+        if legacy in argv:
+            argv.remove(legacy)
+            return command(argv)
+    args = train_parser(prog).parse_args(argv)
     try:
         config = config_from_args(args)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ log noise out
+        return _error(exc, 2)
+    quiet_tensorflow(args.verbose)
     from busi_classifier.data.dataset import DatasetError
-    from busi_classifier.training.model import WeightsError
+    from busi_classifier.training.loop import train
+    from busi_classifier.training.preflight import WeightsError
 
     try:
-        from busi_classifier.training.loop import train
-
-        meta = train(config, progress=not args.quiet)
+        meta = train(config, progress=show_progress(args), verbose=args.verbose)
     except (DatasetError, WeightsError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _error(exc)
     test = meta["metrics"]["test"]
     print(
         f"done in {meta['wall_time_s']} s: test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} "
@@ -187,33 +210,196 @@ def train_main(argv=None) -> int:
     return 0
 
 
-def audit_main(args: argparse.Namespace) -> int:
-    from busi_classifier.data.audit import run_audit
-    from busi_classifier.data.dataset import DatasetError
+# --------------------------------------------------------------------------- audit, split
 
-    out = args.out or DEFAULT_AUDIT_DIR
+
+def audit_main(argv=None) -> int:
+    p = _parser("python -m busi_classifier audit",
+                "Audit a dataset in the BUSI layout (duplicates, near-duplicates, conflicting labels, coloured "
+                "annotations): write audit.md, audit.json and figures. No training, no TensorFlow.",
+                "example:\n  python -m busi_classifier audit --data data/Dataset_BUSI_with_GT --out docs/busi-audit "
+                "--figures imgs")
+    p.add_argument("--data", required=True, help="dataset folder with normal/, benign/, malignant/ "
+                   "(see data/README.md)")
+    p.add_argument("--out", default=DEFAULT_AUDIT_DIR, help="folder for audit.md and audit.json")
+    p.add_argument("--figures", default=None, help="folder for the figures (default: --out)")
+    p.add_argument("--near-duplicate-bits", type=_bounded_int(0), default=DEFAULTS.near_duplicate_bits,
+                   help="perceptual-hash distance at or below which two images are near-duplicates")
+    add_output_options(p)
+    args = p.parse_args(argv)
+    from busi_classifier.data.audit import run_audit
+    from busi_classifier.data.dataset import DatasetError, find_dataset_root
+
     try:
-        report = run_audit(args.data, out, args.figures, args.near_duplicate_bits, progress=not args.quiet)
+        find_dataset_root(args.data)
+        report = run_audit(args.data, args.out, args.figures, args.near_duplicate_bits, progress=show_progress(args))
     except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _error(exc)
     nd = report["near_duplicates"]
     print(f"audited {report['images']} images: {len(report['exact_duplicates'])} exact-duplicate groups, "
           f"{nd['groups']} near-duplicate groups ({nd['images_in_groups']} images), "
           f"{len(report['conflicting_groups'])} with conflicting labels, "
-          f"{len(report['coloured_annotations'])} images with coloured annotations -> {out}/audit.md")
+          f"{len(report['coloured_annotations'])} images with coloured annotations -> {args.out}/audit.md")
     return 0
 
 
-def split_main(args: argparse.Namespace) -> int:
+def split_main(argv=None) -> int:
+    p = _parser("python -m busi_classifier split",
+                "Split a dataset in the BUSI layout into train/val/test (grouped by near-duplicates unless "
+                "--split random) and write OUT/split.csv, exactly as train does. No training, no TensorFlow.",
+                "example:\n  python -m busi_classifier split --data data/Dataset_BUSI_with_GT --out artifacts/model")
+    add_config_arguments(p, SPLIT_SETTINGS)
+    add_output_options(p)
+    args = p.parse_args(argv)
     from busi_classifier.data.dataset import DatasetError
     from busi_classifier.training.loop import prepare_split, split_counts
 
     try:
         config = config_from_args(args)
-        _, samples, result = prepare_split(config, progress=not args.quiet)
+    except ConfigError as exc:
+        return _error(exc, 2)
+    try:
+        _, samples, result = prepare_split(config, progress=show_progress(args))
     except (DatasetError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _error(exc)
     print(f"{config.split} split of {len(samples)} images: {split_counts(result)} -> {config.out_dir}/split.csv")
     return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def predict_main(argv=None) -> int:
+    p = _parser("python -m busi_classifier predict",
+                "Classify local image files with an exported model (LiteRT, as the Lambda function does; no "
+                "TensorFlow) and print one row per file.",
+                "examples:\n  python -m busi_classifier predict scan1.png scan2.jpg\n"
+                "  python -m busi_classifier predict --model artifacts/model --variant float32 --json scan.png")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    p.add_argument("--model", default=DEFAULT_MODEL_DIR,
+                   help="model folder (model.json and the .tflite variants) or one .tflite file beside model.json")
+    p.add_argument("--variant", default=None,
+                   help="TFLite variant of a model folder (default: the one model.json names, as the function "
+                   "serves)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    args = p.parse_args(argv)
+    from busi_classifier.serving.predictor import ModelLoadError, Predictor
+
+    try:
+        with native_stderr_silenced():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            predictor = Predictor(args.model, variant=args.variant) if args.variant else Predictor(args.model)
+    except ModelLoadError as exc:
+        return _error(exc)
+    rows = [_predict_file(predictor, path) for path in args.images]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(_table(rows, list(predictor.classes)))
+    return 1 if any("error" in row for row in rows) else 0
+
+
+def _predict_file(predictor, path: str) -> dict:
+    """{"file", "prediction", "probabilities"} or {"file", "error"}: one file's row."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return {"file": path, "error": f"cannot read: {exc.strerror or exc}"}
+    try:
+        answer = predictor.predict_bytes(data)
+    except Exception as exc:  # a file that is not an image, or one the decoder refuses
+        return {"file": path, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    return {"file": path, "prediction": answer["prediction"], "probabilities": answer["probabilities"]}
+
+
+def _table(rows: list[dict], classes: list[str]) -> str:
+    """Aligned text: file, prediction, one probability column per class; an error row
+    carries its message after the file name."""
+    header = ["file", "prediction", *classes]
+    cells = [header] + [[row["file"], row["prediction"], *(f"{row['probabilities'][c]:.3f}" for c in classes)]
+                        for row in rows if "error" not in row]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    widths[0] = max(widths[0], *(len(row["file"]) for row in rows))
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(widths[i]) if i < 2 else v.rjust(widths[i]) for i, v in enumerate(values)).rstrip()
+
+    out = [line(header)]
+    for row in rows:
+        if "error" in row:
+            out.append(f"{row['file'].ljust(widths[0])}  error: {row['error']}")
+        else:
+            out.append(line([row["file"], row["prediction"], *(f"{row['probabilities'][c]:.3f}" for c in classes)]))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- the other commands
+
+
+def evaluate_main(argv=None) -> int:
+    from busi_classifier.evaluation.scoring import main
+
+    return main(argv)
+
+
+def synthesize_main(argv=None) -> int:
+    from busi_classifier.data.synthetic import main
+
+    return main(argv) or 0
+
+
+def serve_main(argv=None) -> int:
+    from busi_classifier.local.server import serve_main as main
+
+    return main(argv)
+
+
+def invoke_main(argv=None) -> int:
+    from busi_classifier.local.invoke import invoke_main as main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (lambda argv: train_main(argv, "python -m busi_classifier train"),
+              "train, calibrate, evaluate and export a model (= python train.py)"),
+    "audit": (audit_main, "audit a dataset: duplicates, near-duplicates, conflicting labels"),
+    "split": (split_main, "write split.csv (grouped train/val/test split) without training"),
+    "evaluate": (evaluate_main, "score an exported model (folder, model.keras or .tflite) on a split"),
+    "predict": (predict_main, "classify local image files with an exported model"),
+    "serve": (serve_main, "a local HTTP endpoint (POST /predict, GET /health) for the Lambda handler"),
+    "invoke": (invoke_main, "run the Lambda handler on a few images through every event shape"),
+    "synthesize": (synthesize_main, "write a synthetic dataset in the BUSI layout"),
+}
+
+
+def main_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m busi_classifier", formatter_class=HelpFormatter,
+        description="Breast-ultrasound classifier (normal / benign / malignant): train, evaluate, serve.",
+        epilog="`python -m busi_classifier COMMAND --help` lists a command's options.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
+    for name, (_, summary) in COMMANDS.items():
+        command = sub.add_parser(name, help=summary, add_help=False)
+        command.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv=None) -> int:
+    """``python -m busi_classifier COMMAND [options]``: runs COMMAND's own parser on the rest."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = main_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        parser.print_usage(sys.stderr)
+        print(f"python -m busi_classifier: error: unknown command {argv[0]!r}; choose from "
+              f"{', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        args = parser.parse_args(argv[:1])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    run, _ = COMMANDS[args.command]
+    try:
+        return run(argv[1:])
+    except SystemExit as exc:  # argparse's own errors and --help
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)

@@ -5,11 +5,12 @@ trained model. The same tests also run against the real model (marked slow)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
 
-from busi_classifier.serving.api import handle
+from busi_classifier.serving.api import Function
 from busi_classifier.serving.constants import CLASSES
 from busi_classifier.serving.decode import decode_image
 
@@ -22,6 +23,12 @@ class StubPredictor:
     model_version = "stub-1"
     classes = list(CLASSES)
     image_size = STUB_SIZE
+    variant = "stub"
+    num_threads = 1
+
+    def __init__(self, model_path=None, variant=None, num_threads=None):
+        """The signature of Predictor, so that ``make_handler(settings, StubPredictor)`` works."""
+        self.model_path = model_path
 
     def predict_bytes(self, data: bytes) -> dict:
         pixels = decode_image(data, self.image_size)
@@ -34,9 +41,14 @@ class StubPredictor:
         }
 
 
-def stub_handler(predictor=None, load_error=None):
+def stub_handler(predictor=None, load_error=None, environ=None):
+    """The Lambda handler around ``predictor`` (default: a StubPredictor), its settings
+    from ``environ`` (default: the environment now)."""
+    from busi_classifier.serving.settings import ServingSettings
+
     predictor = StubPredictor() if predictor is None and load_error is None else predictor
-    return lambda event, context: handle(event, context, predictor, load_error)
+    settings = ServingSettings.from_env(os.environ if environ is None else environ, default_model="stub")
+    return Function(settings, predictor, load_error)
 
 
 class Context:

@@ -16,6 +16,14 @@ sys.path.insert(0, str(ROOT))  # lambda_function.py and test.py live at the top 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that needs the trained model is slow, whatever its module says: `make
+    test-fast` (-m "not slow") must never train a network."""
+    for item in items:
+        if "trained_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     from busi_classifier.data.synthetic import generate_dataset

@@ -31,12 +31,10 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(params=["stub", pytest.param("model", marks=pytest.mark.slow)])
-def handler(request, monkeypatch):
+@pytest.fixture
+def handler(monkeypatch):
     monkeypatch.delenv("IMAGE_URL_ALLOWLIST", raising=False)  # the default deployment
-    if request.param == "stub":
-        return stub_handler()
-    return request.getfixturevalue("lambda_module").lambda_handler
+    return stub_handler()
 
 
 def test_every_event_file_has_an_expected_answer():

@@ -2,8 +2,8 @@
 documented 4xx with the API's error object, nothing crashes, nothing internal leaks;
 odd but valid images get a prediction.
 
-Each case runs twice: with a stub predictor (fast; the real decoding, deterministic
-probabilities) and with the real exported model through lambda_function (slow).
+Each case runs once, its one home: with a stub predictor (fast; the real decoding,
+deterministic probabilities). Routing and isBase64Encoded are in tests/test_routing.py.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from busi_classifier.serving.constants import CLASSES, MAX_IMAGE_PIXELS
 from busi_classifier.serving.events import b64, direct_event, http_v2_event, rest_v1_event
 
 
-@pytest.fixture(params=["stub", pytest.param("model", marks=pytest.mark.slow)])
-def handler(request):
-    if request.param == "stub":
-        return stub_handler()
-    return request.getfixturevalue("lambda_module").lambda_handler
+@pytest.fixture
+def handler():
+    """The handler around a stub predictor that runs the real decoding: every error case
+    has its one home here (test_end_to_end keeps what needs the real model)."""
+    return stub_handler()
 
 
 # --------------------------------------------------------------------------- images
@@ -121,7 +121,8 @@ HOSTILE = {
     "png-bomb-20000x20000": (lambda: rest_raw(png_header_only(20000, 20000)), 413, "image_too_large", str(MAX_IMAGE_PIXELS)),
     "png-bomb-7000x7000": (lambda: rest_raw(png_header_only(7000, 7000)), 413, "image_too_large", str(MAX_IMAGE_PIXELS)),
     "png-bomb-1x2e9": (lambda: rest_raw(png_header_only(1, 2_000_000_000)), 413, "image_too_large", str(MAX_IMAGE_PIXELS)),
-    "gif-bomb-65535x65535": (lambda: {"image": b64(gif_claiming(65535, 65535))}, 413, "image_too_large", str(MAX_IMAGE_PIXELS)),
+    # GIF is not decoded at all (PNG and JPEG only): its bombs are refused as a format
+    "gif-bomb-65535x65535": (lambda: {"image": b64(gif_claiming(65535, 65535))}, 400, "invalid_image", None),
     "jpeg-bomb-60000x60000": (lambda: rest_raw(jpeg_claiming(60000, 60000), "image/jpeg"), 413, "image_too_large",
                               str(MAX_IMAGE_PIXELS)),
     # truncated, corrupt, not images
@@ -253,16 +254,19 @@ def odd_images() -> dict[str, tuple[bytes, str]]:
         "grayscale-jpeg": (encode(gray, "JPEG"), "image/jpeg"),
         "progressive-jpeg": (encode(gray.convert("RGB"), "JPEG", progressive=True), "image/jpeg"),
         "exif-rotated-jpeg": (exif_rotated_jpeg(), "image/jpeg"),
-        "animated-gif": (animated("GIF"), "image/gif"),
         "animated-png": (animated("PNG"), "image/png"),
         "1x1-png": (encode(Image.new("L", (1, 1), 77)), "image/png"),
         "1x4000-strip": (encode(Image.new("L", (1, 4000), 120)), "image/png"),
         "4000x1-strip": (encode(Image.new("L", (4000, 1), 120)), "image/png"),
         "6000x6000-png-36-megapixels": (encode(Image.new("L", (6000, 6000), 90)), "image/png"),
-        "bmp": (encode(gray, "BMP"), "image/bmp"),
-        "16-bit-tiff": (encode(Image.fromarray(GRAY.astype(np.uint16) * 257, "I;16"), "TIFF"), "image/tiff"),
-        "webp": (encode(gray.convert("RGB"), "WEBP"), "image/webp"),
     }
+
+
+def other_formats() -> dict[str, bytes]:
+    """Valid images of formats the API does not decode (only PNG and JPEG)."""
+    gray = Image.fromarray(GRAY, "L")
+    return {"animated-gif": animated("GIF"), "bmp": encode(gray, "BMP"), "webp": encode(gray.convert("RGB"), "WEBP"),
+            "16-bit-tiff": encode(Image.fromarray(GRAY.astype(np.uint16) * 257, "I;16"), "TIFF")}
 
 
 ODD = odd_images()
@@ -284,6 +288,13 @@ def test_odd_but_valid_images_get_a_prediction(handler, name):
     assert body["prediction"] == max(body["probabilities"], key=body["probabilities"].get)
 
 
+@pytest.mark.parametrize("name", ["animated-gif", "bmp", "webp", "16-bit-tiff"])
+def test_other_formats_are_refused_with_a_fixed_sentence(handler, name):
+    answer = handler({"image": b64(other_formats()[name])}, Context())
+    assert answer["error"]["code"] == "invalid_image"
+    assert "PNG or JPEG" in answer["error"]["message"] and leaks(answer["error"]["message"]) == []
+
+
 def test_exif_rotation_changes_what_the_model_sees(handler):
     """The EXIF-rotated JPEG is predicted as its displayed (rotated) picture."""
     from busi_classifier.serving.decode import decode_image
@@ -297,7 +308,7 @@ def test_exif_rotation_changes_what_the_model_sees(handler):
 
 
 def test_direct_batch_with_odd_images(handler):
-    names = ["16-bit-grayscale-png", "cmyk-jpeg", "animated-gif", "1x1-png"]
+    names = ["16-bit-grayscale-png", "cmyk-jpeg", "animated-png", "1x1-png"]
     answer = handler({"images": [b64(ODD[n][0]) for n in names]}, Context())
     assert len(answer["predictions"]) == len(names)
 

@@ -135,7 +135,7 @@ def test_preflight_and_head(server):
     assert status == 204 and data == b""
     assert "POST" in headers["access-control-allow-methods"] and "x-api-key" in headers["access-control-allow-headers"].lower()
     status, headers, data = call(server, "HEAD", "/health")
-    assert status == 405 and data == b""
+    assert status == 200 and data == b""
 
 
 def test_malformed_requests_get_json_errors(server):
@@ -189,6 +189,93 @@ def test_malformed_handler_answer_is_a_502():
     assert status == 502 and json.loads(body)["error"]["code"] == "bad_gateway"
 
 
+def raw_exchange(server, request: bytes, then_wait: float = 10) -> bytes:
+    """Send ``request`` and read the answer while keeping the connection open (a server
+    that waited for more body would time out the read instead of answering)."""
+    with socket.create_connection(server.server_address[:2], timeout=then_wait) as sock:
+        sock.sendall(request)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "\u0663", "-5", "+5", "1_0", "0x10", "5 5", "9" * 40])
+def test_content_length_must_be_ascii_digits(server, length):
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode("latin-1", "replace")
+    answer = raw_exchange(server, head + b"hello")
+    assert answer.startswith(b"HTTP/1.1 400") and b"invalid_request" in answer, answer[:200]
+    assert server.recorder.events == []
+
+
+@pytest.mark.parametrize("size", [b"-1", b"+10", b"0x10", b"1 0", b"", b"f" * 40])
+def test_chunk_sizes_must_be_hex_digits_and_are_refused_unread(server, size):
+    """A size line of -1 used to read the socket to EOF: now 400 at once, the connection
+    still open on the client's side."""
+    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  + size + b"\r\nabc", then_wait=5)
+    assert answer.startswith(b"HTTP/1.1 400") and b"malformed chunked body" in answer, answer[:200]
+
+
+def test_chunked_total_is_checked_against_the_cap_before_reading(server):
+    size = f"{MAX_BODY_BYTES + 1:x}".encode()
+    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  + size + b"\r\nabc", then_wait=5)
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+def test_a_client_that_goes_away_is_one_line_not_a_traceback(server, capfd):
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc")
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:  # reset mid-request
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+    assert call(server, "GET", "/health")[0] == 200  # still serving
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_request_lines_are_readable_and_json_logs_are_a_flag(capfd):
+    from api_stub import StubPredictor
+
+    from busi_classifier.local.server import local_settings
+    from busi_classifier.serving.api import make_handler
+
+    for json_logs in (False, True):
+        settings = local_settings("stub-model", json_logs=json_logs, environ={})
+        srv = make_server(make_handler(settings, StubPredictor), port=0, request_lines=not json_logs)
+        thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        try:
+            call(srv, "POST", "/predict", PNG, {"Content-Type": "image/png"})
+            call(srv, "GET", "/nope")
+        finally:
+            srv.shutdown()
+            srv.server_close()
+        captured = capfd.readouterr()
+        json_lines = [line for line in captured.out.splitlines() if line.startswith("{")]
+        if json_logs:
+            assert any('"message":"request"' in line for line in json_lines)
+            assert any('"_aws"' in line for line in json_lines)
+            assert "POST /predict 200" not in captured.err
+        else:
+            assert json_lines == []
+            assert re.search(r"^POST /predict 200 \w+ \(\d+ ms\)$", captured.err, re.MULTILINE), captured.err
+            assert re.search(r"^GET /nope 404 not_found", captured.err, re.MULTILINE)
+
+
+def test_serve_builds_the_handler_from_the_package_not_lambda_function():
+    source = (ROOT / "busi_classifier" / "local" / "server.py").read_text()
+    source += (ROOT / "busi_classifier" / "local" / "invoke.py").read_text()
+    assert "lambda_function" not in source and "sys.path" not in source and "os.environ" not in source
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -199,6 +286,7 @@ def test_serve_command_without_a_model_exits_with_a_message(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 1
     assert "model not found" in result.stderr and "Traceback" not in result.stderr
+    assert "MODEL_PATH" not in result.stderr  # --model was given: no advice about the environment
 
 
 @pytest.mark.slow
@@ -231,8 +319,9 @@ def test_serve_command_answers_curl_like_requests(trained_model, tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             out, err = process.communicate()
-    logs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert any(r.get("message") == "request" and r.get("status") == 200 for r in logs)
+    # readable by default: one short line per request on stderr, no JSON or EMF lines
+    assert re.search(r"^POST /predict 200 (normal|benign|malignant) \(\d+ ms\)$", err, re.MULTILINE), err
+    assert not any(line.startswith("{") for line in out.splitlines() + err.splitlines())
     assert "Traceback" not in err
 
 

@@ -84,17 +84,17 @@ def test_model_folder_serves_the_default_variant_and_model_variant_overrides(tra
     meta = json.loads((trained_model / "model.json").read_text())
     try:
         module = fresh_lambda(monkeypatch, trained_model)
-        assert module.PREDICTOR.variant == meta["default_variant"]
+        assert module.lambda_handler.predictor.variant == meta["default_variant"]
         for name in VARIANT_FILES:
             module = fresh_lambda(monkeypatch, trained_model, name)
-            assert module.PREDICTOR.variant == name
-            assert module.PREDICTOR.model_path.name == VARIANT_FILES[name]
+            assert module.lambda_handler.predictor.variant == name
+            assert module.lambda_handler.predictor.model_path.name == VARIANT_FILES[name]
         module = fresh_lambda(monkeypatch, trained_model, "int4")
         answer = module.lambda_handler(http_v2_event("GET", "/health"), None)
         assert answer["statusCode"] == 503
         assert json.loads(answer["body"])["error"]["code"] == "model_unavailable"
         # the reason (for the logs) names the variant asked for and those available
-        assert "int4" in module.LOAD_ERROR and "int8_dynamic" in module.LOAD_ERROR
+        assert "int4" in module.lambda_handler.load_error and "int8_dynamic" in module.lambda_handler.load_error
     finally:
         sys.modules.pop("lambda_function", None)
 
@@ -105,10 +105,10 @@ def test_thread_count_follows_num_threads_or_the_cpus_the_process_may_use(traine
     try:
         monkeypatch.delenv("NUM_THREADS", raising=False)
         module = fresh_lambda(monkeypatch, trained_model)
-        assert module.PREDICTOR.num_threads == len(os.sched_getaffinity(0))
+        assert module.lambda_handler.predictor.num_threads == len(os.sched_getaffinity(0))
         monkeypatch.setenv("NUM_THREADS", "1")
         module = fresh_lambda(monkeypatch, trained_model)
-        assert module.PREDICTOR.num_threads == 1
+        assert module.lambda_handler.predictor.num_threads == 1
     finally:
         sys.modules.pop("lambda_function", None)
 

@@ -12,6 +12,12 @@ the same frame with or without calipers, text or a black corner, 1 is two differ
 mostly dark images; from 88 bits on most pairs are different lesions. A false merge
 only puts two images on the same side of the split; a missed pair leaks.
 
+The hash compares whole images, so it misses the same frame cropped differently or
+shifted. A second comparison (``crop_match``: alignment by phase correlation, then a
+correlation of the overlap) finds those; its pairs join the hash pairs in the groups
+(``crop_match=False`` leaves it out). Each comparison is also the independent leak
+check of a split grouped by the other one (``leak_comparison``).
+
 Imports NumPy and Pillow only (figures are in ``audit_figures``).
 """
 
@@ -21,13 +27,14 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from busi_classifier.config import NEAR_DUPLICATE_BITS
+from busi_classifier.data import crop_match as cm
 from busi_classifier.data.dataset import DatasetError, Sample, find_dataset_root, read_dataset
 from busi_classifier.serving.constants import CLASSES
 from busi_classifier.serving.decode import InvalidImageError, open_image, to_rgb
@@ -52,6 +59,7 @@ class ImageRecord:
     pixel_sha256: str  # of the RGB pixels: the same picture stored as L or RGB hashes alike
     coloured_pixels: int
     phash: np.ndarray  # bool[HASH_BITS]
+    small: np.ndarray  # uint8 gray image at 1/8 size, for the crop-robust comparison
 
     @property
     def annotated(self) -> bool:
@@ -67,16 +75,19 @@ def _dct_matrix(n: int) -> np.ndarray:
 _DCT = _dct_matrix(HASH_SIZE)
 
 
-def perceptual_hash(data: bytes) -> np.ndarray:
-    """255-bit DCT hash of image bytes (bool array); robust to resizing, small overlays
-    and colour mode, sensitive to content. Raises InvalidImageError."""
+def perceptual_hash(data: bytes | Image.Image) -> np.ndarray:
+    """255-bit DCT hash of image bytes or of a gray image (bool array); robust to
+    resizing, small overlays and colour mode, sensitive to content. Raises InvalidImageError."""
+    gray_image = data if isinstance(data, Image.Image) else _gray(open_image(data))
     # Stretched to a square, not letterboxed: black bars would make unrelated images of
     # the same aspect ratio look alike.
-    image = ImageOps.exif_transpose(open_image(data))
-    gray = np.asarray(to_rgb(image).convert("L").resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BOX),
-                      dtype=np.float64)
+    gray = np.asarray(gray_image.resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BOX), dtype=np.float64)
     coefficients = (_DCT @ gray @ _DCT.T)[:HASH_FREQUENCIES, :HASH_FREQUENCIES].ravel()[1:]
     return coefficients > np.median(coefficients)
+
+
+def _gray(image: Image.Image) -> Image.Image:
+    return to_rgb(ImageOps.exif_transpose(image)).convert("L")
 
 
 def describe(sample: Sample, root: Path) -> ImageRecord:
@@ -85,7 +96,9 @@ def describe(sample: Sample, root: Path) -> ImageRecord:
         image = open_image(data)
         mode = image.mode
         rgb = np.asarray(to_rgb(image), dtype=np.uint8)
-        phash = perceptual_hash(data)
+        gray = _gray(image)
+        phash = perceptual_hash(gray)
+        small = cm.small_image(gray)
     except (InvalidImageError, OSError) as exc:
         raise DatasetError(f"unreadable image {sample.path}: {exc}") from None
     spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
@@ -99,6 +112,7 @@ def describe(sample: Sample, root: Path) -> ImageRecord:
         pixel_sha256=hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest(),
         coloured_pixels=int((spread > COLOUR_CHANNEL_SPREAD).sum()),
         phash=phash,
+        small=small,
     )
 
 
@@ -150,10 +164,23 @@ class Grouping:
     """The near-duplicate structure of a dataset: what the split needs."""
 
     records: list[ImageRecord]
-    groups: list[int]  # group index per record
-    pairs: list[tuple[int, int, int]]  # near-duplicate pairs (i, j, distance)
+    groups: list[int]  # group index per record: hash pairs and crop pairs joined
+    pairs: list[tuple[int, int, int]]  # hash near-duplicate pairs (i, j, distance)
     threshold: int
     distances: np.ndarray  # pairwise hash distances (n x n)
+    crop_checked: list[cm.CropMatch] = field(default_factory=list)  # every pair the crop comparison verified
+    crop_pairs: list[tuple[int, int, float]] = field(default_factory=list)  # same frame: (i, j, correlation)
+    crop_match: bool = False  # whether the crop comparison ran
+
+    @property
+    def hash_groups(self) -> list[int]:
+        """Groups from the hash pairs alone (the grouping before the crop comparison)."""
+        return connected_groups(len(self.records), self.pairs)
+
+    @property
+    def crop_groups(self) -> list[int]:
+        """Groups from the crop comparison's pairs alone."""
+        return connected_groups(len(self.records), self.crop_pairs)
 
     def members(self) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
@@ -165,33 +192,116 @@ class Grouping:
         return sorted(g for g, idx in self.members().items() if len({self.records[i].label for i in idx}) > 1)
 
 
-def group_samples(samples: Sequence[Sample], root: Path, threshold: int = NEAR_DUPLICATE_BITS,
-                  progress: bool = True) -> Grouping:
+def group_samples(samples: Sequence[Sample], root: str | Path, threshold: int = NEAR_DUPLICATE_BITS,
+                  progress: bool = True, crop_match: bool = True) -> Grouping:
+    """Near-duplicate groups of ``samples`` (read from ``root``, relative or through a
+    symlink alike): hash pairs, joined with the crop comparison's pairs unless
+    ``crop_match`` is False."""
+    root = Path(root).expanduser().resolve()  # read_dataset gives resolved sample paths
     records = describe_all(samples, root, progress)
     distances = hash_distances(records)
     pairs = near_duplicate_pairs(distances, threshold)  # exact duplicates are at distance 0
-    return Grouping(records, connected_groups(len(records), pairs), pairs, threshold, distances)
+    checked: list[cm.CropMatch] = []
+    if crop_match:
+        # the hash pairs are candidates too: the crop comparison then measures them independently
+        checked = cm.crop_matches([r.small for r in records], extra=[(i, j) for i, j, _ in pairs], progress=progress)
+    crop_pairs = [(m.i, m.j, round(m.correlation, 4)) for m in checked if m.same_frame()]
+    groups = connected_groups(len(records), list(pairs) + crop_pairs)
+    return Grouping(records, groups, pairs, threshold, distances, checked, crop_pairs, crop_match)
 
 
 # --- the report -----------------------------------------------------------------------
 
 
+LEAK_SPLITS = {
+    "random": "random, image-level",
+    "grouped_by_hash": "grouped by the hash alone",
+    "grouped_by_crop": "grouped by the crop comparison alone",
+    "grouped": "grouped by both (this project's default)",
+}
+
+
+def leak_counts(split_of: dict[Path, str], grouping: Grouping, paths: Sequence[Path],
+                a: str = "test", b: str = "train") -> dict[str, int]:
+    """Images of split ``a`` with a near-duplicate in split ``b``, by each comparison:
+    {"hash": n, "crop": n} ("crop" only where the crop comparison ran)."""
+    from busi_classifier.data.splitting import leaked_images
+
+    comparisons = {"hash": grouping.pairs}
+    if grouping.crop_match:
+        comparisons["crop"] = grouping.crop_pairs
+    return {name: len(leaked_images(split_of, pairs, paths, a, b)) for name, pairs in comparisons.items()}
+
+
 def leak_comparison(samples: Sequence[Sample], grouping: Grouping, val_fraction: float = 0.15,
                     test_fraction: float = 0.15, seed: int = 42) -> dict:
-    """How many test images have a near-duplicate in train: random image-level split
-    versus the grouped split, same proportions and seed."""
+    """How many test images have a near-duplicate in train, same proportions and seed,
+    for a random image-level split and for splits grouped by the hash pairs, by the crop
+    comparison's pairs and by both (the default), each measured by each comparison.
+
+    A split grouped by some pairs cannot leak by those pairs: that count is 0 by
+    construction. The other comparison is the independent check (the hash-grouped split
+    measured by the crop comparison, and the reverse)."""
     from busi_classifier.data.splitting import grouped_split, leaked_images, stratified_split
 
     paths = [s.path for s in samples]
     random = stratified_split(samples, val_fraction, test_fraction, seed)
-    grouped = grouped_split(samples, grouping.groups, val_fraction, test_fraction, seed).split_of()
-    random_of = {s.path: name for name, part in random.items() for s in part}
+    split_ofs = {"random": {s.path: name for name, part in random.items() for s in part}}
+    if grouping.crop_match:
+        split_ofs["grouped_by_hash"] = grouped_split(samples, grouping.hash_groups, val_fraction, test_fraction,
+                                                     seed).split_of()
+        split_ofs["grouped_by_crop"] = grouped_split(samples, grouping.crop_groups, val_fraction, test_fraction,
+                                                     seed).split_of()
+    split_ofs["grouped"] = grouped_split(samples, grouping.groups, val_fraction, test_fraction, seed).split_of()
+    union = list(grouping.pairs) + list(grouping.crop_pairs)
     out = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
-    for name, split_of in (("random", random_of), ("grouped", grouped)):
-        test = sum(v == "test" for v in split_of.values())
-        leaked = leaked_images(split_of, grouping.pairs, paths)
-        out[name] = {"test_images": test, "test_images_with_near_duplicate_in_train": len(leaked)}
+    for name, split_of in split_ofs.items():
+        out[name] = {
+            "description": LEAK_SPLITS[name],
+            "test_images": sum(v == "test" for v in split_of.values()),
+            # by every pair the audit found (what the default grouping joins)
+            "test_images_with_near_duplicate_in_train": len(leaked_images(split_of, union, paths)),
+            "by_comparison": leak_counts(split_of, grouping, paths),
+        }
     return out
+
+
+def crop_match_summary(grouping: Grouping) -> dict:
+    """What the crop comparison found, and what it adds to the hash grouping."""
+    n = len(grouping.records)
+
+    def multi(groups: list[int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for i, g in enumerate(groups):
+            out.setdefault(g, []).append(i)
+        return {g: idx for g, idx in out.items() if len(idx) > 1}
+
+    hash_multi, crop_multi, union_multi = (multi(grouping.hash_groups), multi(grouping.crop_groups),
+                                           multi(grouping.groups))
+    in_hash = {i for idx in hash_multi.values() for i in idx}
+    hash_pairs = {(i, j) for i, j, _ in grouping.pairs}
+    new_pairs = [(i, j, c) for i, j, c in grouping.crop_pairs if (i, j) not in hash_pairs]
+    touched_hash_groups = {grouping.hash_groups[i] for idx in union_multi.values() for i in idx if i in in_hash}
+    return {
+        "descriptor": (f"phase-correlation alignment at 1/{cm.SMALL_FACTOR} scale, then the correlation of the "
+                       "band-passed overlap (black borders left out)"),
+        "min_correlation": cm.MIN_CORRELATION,
+        "min_overlap": cm.MIN_OVERLAP,
+        "candidates_per_image": cm.CANDIDATES_PER_IMAGE,
+        "pairs_verified": len(grouping.crop_checked),
+        "pairs": len(grouping.crop_pairs),
+        "pairs_the_hash_missed": len(new_pairs),
+        "hash_pairs_it_confirms": len(grouping.crop_pairs) - len(new_pairs),
+        "hash_pairs_it_does_not_confirm": len(grouping.pairs) - (len(grouping.crop_pairs) - len(new_pairs)),
+        "groups_alone": len(crop_multi),
+        "images_in_groups_alone": sum(len(idx) for idx in crop_multi.values()),
+        "new_groups": sum(1 for idx in union_multi.values() if not in_hash & set(idx)),
+        "hash_groups_merged": len(touched_hash_groups) - sum(1 for idx in union_multi.values() if in_hash & set(idx)),
+        "images_added_to_groups": sum(len(idx) for idx in union_multi.values()) - len(in_hash),
+        "new_pair_list": [{"a": grouping.records[i].path, "b": grouping.records[j].path, "correlation": c}
+                          for i, j, c in new_pairs],
+        "images": n,
+    }
 
 
 def audit_report(grouping: Grouping, root: Path) -> dict:
@@ -215,6 +325,7 @@ def audit_report(grouping: Grouping, root: Path) -> dict:
     exact_groups = [paths for paths in exact.values() if len(paths) > 1]
     dup_groups = [idx for idx in members.values() if len(idx) > 1]
     conflicts = grouping.conflicting_groups()
+    hash_sizes = Counter(grouping.hash_groups)
 
     def group_entry(g: int) -> dict:
         idx = members[g]
@@ -234,7 +345,11 @@ def audit_report(grouping: Grouping, root: Path) -> dict:
         "near_duplicates": {
             "descriptor": f"{HASH_BITS}-bit DCT perceptual hash of the {HASH_SIZE}px grayscale image",
             "threshold_bits": grouping.threshold,
-            "pairs": len(grouping.pairs),
+            "pairs": len({(i, j) for i, j, *_ in list(grouping.pairs) + list(grouping.crop_pairs)}),
+            "hash_pairs": len(grouping.pairs),
+            "hash_groups": sum(1 for n in hash_sizes.values() if n > 1),
+            "hash_images_in_groups": sum(n for n in hash_sizes.values() if n > 1),
+            "crop_match": crop_match_summary(grouping) if grouping.crop_match else None,
             "groups": len(dup_groups),
             "images_in_groups": sum(len(idx) for idx in dup_groups),
             "largest_group": max((len(idx) for idx in dup_groups), default=1),
@@ -267,8 +382,21 @@ def markdown_report(report: dict, figures: dict[str, str] | None = None) -> str:
         "## Duplicates",
         "",
         f"- exact duplicates (same pixels): {len(report['exact_duplicates'])} groups",
-        f"- near-duplicates ({nd['descriptor']}, at most {nd['threshold_bits']} bits apart): {nd['pairs']} pairs "
-        f"joined into {nd['groups']} groups holding {nd['images_in_groups']} images (largest: {nd['largest_group']})",
+        f"- near-duplicates by hash ({nd['descriptor']}, at most {nd['threshold_bits']} bits apart): "
+        f"{nd['hash_pairs']} pairs, {nd['hash_groups']} groups holding {nd['hash_images_in_groups']} images",
+    ]
+    crop = nd.get("crop_match")
+    if crop:
+        lines += [
+            f"- same frame cropped or shifted ({crop['descriptor']}; correlation at least {crop['min_correlation']}, "
+            f"overlap at least {crop['min_overlap']:.0%} of the smaller image; {crop['pairs_verified']} candidate "
+            f"pairs verified): {crop['pairs']} pairs, of which {crop['pairs_the_hash_missed']} the hash missed; "
+            f"it adds {crop['new_groups']} new groups and {crop['images_added_to_groups']} images to groups, and "
+            f"merges {crop['hash_groups_merged']} hash groups into others",
+        ]
+    lines += [
+        f"- near-duplicate groups used by the split: {nd['pairs']} pairs joined into {nd['groups']} groups holding "
+        f"{nd['images_in_groups']} images (largest: {nd['largest_group']})",
         f"- groups whose members carry different labels: {len(report['conflicting_groups'])} "
         "(left out of training and evaluation by default)",
         f"- images with coloured burned-in annotations: {len(report['coloured_annotations'])}",
@@ -276,19 +404,24 @@ def markdown_report(report: dict, figures: dict[str, str] | None = None) -> str:
     ]
     leak = report.get("leak")
     if leak:
-        r, g = leak["random"], leak["grouped"]
+        names = [k for k in LEAK_SPLITS if k in leak]
+        comparisons = list(leak[names[0]]["by_comparison"])
         lines += [
             "## Leak: test images with a near-duplicate in train",
             "",
             f"Split {1 - leak['val_fraction'] - leak['test_fraction']:.0%} / {leak['val_fraction']:.0%} / "
-            f"{leak['test_fraction']:.0%}, seed {leak['seed']}.",
+            f"{leak['test_fraction']:.0%}, seed {leak['seed']}. A split grouped by a comparison has no leak by that "
+            "comparison by construction; the other comparison is the independent check.",
             "",
-            "| split | test images | with a near-duplicate in train |",
-            "|---|---:|---:|",
-            f"| random, image-level | {r['test_images']} | {r['test_images_with_near_duplicate_in_train']} |",
-            f"| grouped (this project) | {g['test_images']} | {g['test_images_with_near_duplicate_in_train']} |",
-            "",
+            "| split | test images | " + " | ".join(f"leaked, by {c}" for c in comparisons) + " | leaked, by either |",
+            "|---|---:|" + "---:|" * (len(comparisons) + 1),
         ]
+        for name in names:
+            entry = leak[name]
+            lines.append(f"| {entry['description']} | {entry['test_images']} | "
+                         + " | ".join(str(entry["by_comparison"][c]) for c in comparisons)
+                         + f" | {entry['test_images_with_near_duplicate_in_train']} |")
+        lines.append("")
     if report["conflicting_groups"]:
         lines += ["### Groups with conflicting labels", "", "| group | members |", "|---:|---|"]
         for g in report["conflicting_groups"]:

@@ -83,7 +83,8 @@ def mean_images(samples: Sequence[Sample], path: Path, size: int = 224) -> Path:
     return path
 
 
-def _pair_grid(pairs, root: Path, records, title: str, path: Path, per_row: int = 2) -> Path:
+def _pair_grid(pairs, root: Path, records, title: str, path: Path, per_row: int = 2,
+               caption_size: float = 9) -> Path:
     """Pairs side by side, ``per_row`` pairs a row, each captioned."""
     rows = max(1, -(-len(pairs) // per_row))
     fig, axes = _subplots(rows, 2 * per_row, figsize=(2.4 * 2 * per_row, 2.6 * rows), squeeze=False)
@@ -96,7 +97,7 @@ def _pair_grid(pairs, root: Path, records, title: str, path: Path, per_row: int 
             ax.imshow(_thumb(root / records[index].path))
             ax.set_title(records[index].path.split("/")[-1], fontsize=8)
         axes[row][2 * col].text(1.0, -0.08, label_text, transform=axes[row][2 * col].transAxes,
-                                ha="center", va="top", fontsize=9, fontweight="bold")
+                                ha="center", va="top", fontsize=caption_size, fontweight="bold")
     if not pairs:
         axes[0][0].text(0.5, 0.5, "none", ha="center")
     fig.suptitle(title, fontsize=10)
@@ -119,6 +120,30 @@ def threshold_pairs(grouping: Grouping, root: Path, path: Path, per_side: int = 
     pairs += [(int(iu[0][k]), int(iu[1][k]), f"outside: {dist[k]} bits") for k in outside]
     return _pair_grid(pairs, root, grouping.records,
                       f"Pairs just inside / outside the threshold ({grouping.threshold} bits)", path)
+
+
+def crop_threshold_pairs(grouping: Grouping, root: Path, path: Path, per_side: int = 4) -> Path:
+    """The crop comparison at work: pairs the hash missed, and pairs just inside and just
+    outside its correlation threshold (among pairs that overlap enough)."""
+    from busi_classifier.data import crop_match as cm
+
+    d = grouping.distances
+    overlapping = [m for m in grouping.crop_checked if m.overlap >= cm.MIN_OVERLAP]
+    inside = sorted((m for m in overlapping if m.same_frame()), key=lambda m: m.correlation)
+    outside = sorted((m for m in overlapping if not m.same_frame()), key=lambda m: -m.correlation)
+    missed = sorted((m for m in inside if d[m.i, m.j] > grouping.threshold), key=lambda m: -d[m.i, m.j])
+
+    def caption(kind: str, m) -> str:
+        return f"{kind}: r={m.correlation:.2f}, dx {m.shift[1]:+d} px, {d[m.i, m.j]} bits"
+
+    chosen = [(m.i, m.j, caption("hash missed", m)) for m in missed[:per_side]]
+    chosen += [(m.i, m.j, caption("inside", m)) for m in inside[:per_side]]
+    chosen += [(m.i, m.j, caption("outside", m)) for m in outside[:per_side]]
+    return _pair_grid(chosen, root, grouping.records,
+                      f"Crop-robust comparison (same frame: r >= {cm.MIN_CORRELATION}, overlap >= "
+                      f"{cm.MIN_OVERLAP:.0%}). Rows 1-2: pairs the hash missed; 3-4: just inside; 5-6: just outside.\n"
+                      "r: correlation of the aligned overlap; dx: horizontal shift found; bits: hash distance "
+                      f"(hash threshold {grouping.threshold})", path, caption_size=7.5)
 
 
 def distance_histogram(grouping: Grouping, path: Path) -> Path:
@@ -187,5 +212,7 @@ def write_audit_figures(grouping: Grouping, samples: Sequence[Sample], root: Pat
         "hash distances": distance_histogram(grouping, out_dir / "audit_hash_distances.png"),
         "pairs at the threshold": threshold_pairs(grouping, root, out_dir / "audit_threshold_pairs.png"),
         "near-duplicate examples": near_duplicate_examples(grouping, root, out_dir / "audit_near_duplicates.png"),
+        **({"crop-robust pairs": crop_threshold_pairs(grouping, root, out_dir / "audit_crop_pairs.png")}
+           if grouping.crop_match else {}),
         "mask overlays": mask_overlays(samples, out_dir / "audit_mask_overlays.png"),
     }

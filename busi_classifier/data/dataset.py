@@ -48,9 +48,10 @@ def find_dataset_root(data_dir: str | Path) -> Path:
     does (the BUSI download unpacks to Dataset_BUSI_with_GT/)."""
     root = Path(data_dir).expanduser().resolve()
     if not root.exists():
-        raise DatasetError(f"dataset folder not found: {root}")
+        raise DatasetError(f"dataset folder not found: {root} (where to get BUSI and how to lay it out: "
+                           "data/README.md; a synthetic one: python -m busi_classifier synthesize --out DIR)")
     if not root.is_dir():
-        raise DatasetError(f"dataset path is not a folder: {root}")
+        raise DatasetError(f"dataset path is not a folder: {root} (see data/README.md)")
     if any((root / name).is_dir() for name in CLASSES):
         return root
     nested = [p for p in sorted(root.iterdir()) if p.is_dir() and any((p / n).is_dir() for n in CLASSES)]

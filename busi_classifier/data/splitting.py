@@ -186,11 +186,12 @@ def leaked_images(split_of: dict[Path, str], pairs: Sequence[tuple[int, int, int
     return leaked
 
 
-def write_split_csv(result: SplitResult | dict[str, list[Sample]], root: Path, path: Path) -> None:
+def write_split_csv(result: SplitResult | dict[str, list[Sample]], root: str | Path, path: Path) -> None:
     """CSV with columns path (relative to ``root``), label, split, group. Excluded
     samples (conflicting labels) are listed with split ``excluded``."""
     if not isinstance(result, SplitResult):
         result = SplitResult(result)
+    root = Path(root).expanduser().resolve()  # sample paths are resolved: a relative or symlinked root too
     rows = [(s, name) for name in SPLITS for s in result.splits[name]] + [(s, EXCLUDED) for s in result.excluded]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -32,6 +32,7 @@ import argparse
 import math
 import pathlib
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -229,46 +230,67 @@ def _posterior_factor(mask: np.ndarray, gain: float, decay_px: float, narrow: bo
 # --------------------------------------------------------------------------- image
 
 
-def _render(rng: np.random.Generator, label: str, h: int, w: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One synthetic image: (uint8 gray (h, w), list of boolean lesion masks)."""
-    yy = np.arange(h, dtype=np.float32)[:, None]
-    xs = np.arange(w, dtype=np.float32) / w
-    ref = float(min(h, w))
+@dataclass
+class _Layers:
+    """Tissue boundaries of one image, in pixels, one value per column."""
 
-    # ---- tissue layers (boundaries in pixels, functions of x) ----------------------
+    skin: np.ndarray
+    fat_end: np.ndarray
+    gland_end: np.ndarray
+    muscle_end: np.ndarray
+
+
+def _layer_boundaries(rng: np.random.Generator, h: int, xs: np.ndarray) -> _Layers:
+    """Skin line, end of the subcutaneous fat, of the glandular tissue and of the pectoral
+    muscle: wavy curves across the image (functions of x)."""
     top_gap = rng.uniform(0.0, 0.04) * h
     skin = top_gap + rng.uniform(0.01, 0.03) * h + _wave(rng, xs, 0.008 * h)
     fat_end = skin + rng.uniform(0.10, 0.26) * h + _wave(rng, xs, 0.05 * h)
     gland_end = np.minimum(fat_end + rng.uniform(0.35, 0.55) * h + _wave(rng, xs, 0.05 * h), 0.9 * h)
     gland_end = np.maximum(gland_end, fat_end + 0.15 * h)
     muscle_end = gland_end + rng.uniform(0.07, 0.14) * h + _wave(rng, xs, 0.02 * h)
+    return _Layers(skin, fat_end, gland_end, muscle_end)
 
+
+def _layered_echogenicity(rng: np.random.Generator, layers: _Layers, h: int, w: int) -> np.ndarray:
+    """Echo level of each layer (gap, fat, gland, muscle, chest wall) with soft steps
+    between them: the tissue map before texture."""
     level_gap = rng.uniform(0.02, 0.06)
     level_fat = rng.uniform(0.14, 0.28)
     level_gland = rng.uniform(0.45, 0.8)
     level_muscle = rng.uniform(0.3, 0.45)
     level_deep = rng.uniform(0.06, 0.16)
-
     tissue = np.full((h, w), level_gap, dtype=np.float32)
-    _add_step(tissue, skin, 1.5, level_fat - level_gap)
-    _add_step(tissue, fat_end, rng.uniform(2.0, 6.0), level_gland - level_fat)
-    _add_step(tissue, gland_end, 2.0, level_muscle - level_gland)
-    _add_step(tissue, muscle_end, 2.0, level_deep - level_muscle)
+    _add_step(tissue, layers.skin, 1.5, level_fat - level_gap)
+    _add_step(tissue, layers.fat_end, rng.uniform(2.0, 6.0), level_gland - level_fat)
+    _add_step(tissue, layers.gland_end, 2.0, level_muscle - level_gland)
+    _add_step(tissue, layers.muscle_end, 2.0, level_deep - level_muscle)
+    return tissue
 
-    # heterogeneous glandular texture: horizontally elongated blobs
+
+def _add_gland_texture(rng: np.random.Generator, tissue: np.ndarray) -> None:
+    """In place: heterogeneous glandular texture, horizontally elongated blobs."""
+    h, w = tissue.shape
     texture = _smooth_field(rng, h, w, rng.uniform(6, 12), rng.uniform(18, 40))
     tissue *= np.exp(rng.uniform(0.2, 0.4) * texture)
 
-    # pectoral muscle striations (only the rows the muscle can reach)
-    top = max(0, int(gland_end.min() - 12))
-    bottom = min(h, int(muscle_end.max() + 12) + 1)
+
+def _add_muscle_striations(rng: np.random.Generator, tissue: np.ndarray, layers: _Layers, yy: np.ndarray) -> None:
+    """In place: pectoral muscle striations (only the rows the muscle can reach)."""
+    h, w = tissue.shape
+    top = max(0, int(layers.gland_end.min() - 12))
+    bottom = min(h, int(layers.muscle_end.max() + 12) + 1)
     if bottom - top >= 2:
         rows = yy[top:bottom]
-        in_muscle = _sigmoid((rows - gland_end[None, :]) / 2.0) - _sigmoid((rows - muscle_end[None, :]) / 2.0)
+        in_muscle = (_sigmoid((rows - layers.gland_end[None, :]) / 2.0)
+                     - _sigmoid((rows - layers.muscle_end[None, :]) / 2.0))
         striae = _smooth_field(rng, bottom - top, w, 2.5, 60)
         tissue[top:bottom] *= np.exp(0.35 * in_muscle * striae)
 
-    # skin: bright double line
+
+def _add_skin_lines(rng: np.random.Generator, tissue: np.ndarray, skin: np.ndarray, yy: np.ndarray) -> None:
+    """In place: the skin, a bright double line."""
+    h = tissue.shape[0]
     thickness = rng.uniform(1.2, 2.5)
     dermis = skin + rng.uniform(3, 8)
     band = min(h, int(dermis.max() + 6 * thickness) + 1)  # rows the skin lines can reach
@@ -276,7 +298,11 @@ def _render(rng: np.random.Generator, label: str, h: int, w: int) -> tuple[np.nd
     tissue[:band] += rng.uniform(0.7, 1.1) * np.exp(-0.5 * ((yb - skin[None, :]) / thickness) ** 2)
     tissue[:band] += rng.uniform(0.3, 0.6) * np.exp(-0.5 * ((yb - dermis[None, :]) / thickness) ** 2)
 
-    # fat lobules: mildly hypoechoic horizontal ovals inside the fat layer
+
+def _add_fat_lobules(rng: np.random.Generator, tissue: np.ndarray, layers: _Layers) -> None:
+    """In place: mildly hypoechoic horizontal ovals inside the fat layer."""
+    h, w = tissue.shape
+    skin, fat_end = layers.skin, layers.fat_end
     fat_thickness = float(np.mean(fat_end - skin))
     for _ in range(int(rng.integers(2, 7))):
         cx = rng.uniform(0, w)
@@ -292,7 +318,12 @@ def _render(rng: np.random.Generator, label: str, h: int, w: int) -> tuple[np.nd
         window, signed = _rasterize(geometry, cx, cy, h, w)
         tissue[window] *= 1.0 - rng.uniform(0.15, 0.35) * _sigmoid(signed / 2.0)
 
-    # Cooper's ligaments: thin bright arcs rising from the gland into the fat
+
+def _add_cooper_ligaments(rng: np.random.Generator, tissue: np.ndarray, layers: _Layers, yy: np.ndarray,
+                          xs: np.ndarray) -> None:
+    """In place: Cooper's ligaments, thin bright arcs rising from the gland into the fat."""
+    h = tissue.shape[0]
+    skin, fat_end = layers.skin, layers.fat_end
     band = min(h, int(fat_end.max()) + 8)
     yb = yy[:band]
     for _ in range(int(rng.integers(2, 6))):
@@ -309,75 +340,104 @@ def _render(rng: np.random.Generator, label: str, h: int, w: int) -> tuple[np.nd
         line = np.exp(-0.5 * ((yb - curve[None, c0:c1]) / 1.3) ** 2)
         tissue[:band, c0:c1] += rng.uniform(0.1, 0.3) * support[None, c0:c1] * line
 
-    # ---- lesions -----------------------------------------------------------------
+
+def _place_lesions(rng: np.random.Generator, malignant: bool, layers: _Layers, h: int, w: int) -> list[tuple]:
+    """[(geometry, cx, cy)]: the lesion inside the gland, and for about 10 % of benign
+    images a second small one beside it."""
+    skin, fat_end, gland_end = layers.skin, layers.fat_end, layers.gland_end
+    geometry = _lesion_geometry(rng, malignant, float(min(h, w)))
+    b_px = geometry["b"]
+    cx = rng.uniform(0.3, 0.7) * w
+    col = int(np.clip(cx, 0, w - 1))
+    top_limit = max(fat_end[col] - 0.3 * b_px, skin[col] + b_px + 6)
+    bottom_limit = max(top_limit, min(gland_end[col], 0.72 * h) - b_px)
+    cy = rng.uniform(top_limit, bottom_limit)
+    lesions = [(geometry, cx, cy)]
+    if not malignant and rng.random() < SECOND_LESION_PROBABILITY:
+        small = _lesion_geometry(rng, False, float(min(h, w)), small=True)
+        for _ in range(10):
+            side = rng.choice([-1.0, 1.0])
+            gap = geometry["a"] * 1.3 + small["a"] * 1.3 + rng.uniform(5, 0.15 * w)
+            cx2 = cx + side * gap
+            if not (0.12 * w < cx2 < 0.88 * w):
+                continue
+            cy2 = cy + rng.uniform(-1.0, 1.0) * geometry["b"]
+            if cy2 - small["b"] < skin.max() + 10 or cy2 + small["b"] > 0.85 * h:
+                continue
+            lesions.append((small, cx2, cy2))
+            break
+    return lesions
+
+
+def _lesion_acoustics(rng: np.random.Generator, malignant: bool, h: int) -> tuple[float, float, float]:
+    """(interior echo level, posterior gain, posterior decay in pixels): shadowing for
+    most malignant lesions, enhancement for most benign ones."""
+    if malignant:
+        level = rng.uniform(0.06, 0.2)
+        posterior_gain = rng.uniform(0.3, 0.55) if rng.random() < MALIGNANT_SHADOW_PROBABILITY else 1.0
+        decay = rng.uniform(1.5, 4.0) * h
+    else:
+        level = rng.uniform(0.03, 0.18)
+        enhanced = rng.random() < BENIGN_ENHANCEMENT_PROBABILITY
+        posterior_gain = rng.uniform(1.5, 2.2) if enhanced else 1.0
+        decay = rng.uniform(0.3, 0.6) * h
+    return level, posterior_gain, decay
+
+
+def _draw_lesion(rng: np.random.Generator, tissue: np.ndarray, geometry: dict, lx: float, ly: float, level: float,
+                 malignant: bool) -> np.ndarray:
+    """In place: blend one lesion (interior texture, microcalcifications, halo or capsule)
+    into ``tissue``. Returns its boolean mask."""
+    h, w = tissue.shape
+    window, signed = _rasterize(geometry, lx, ly, h, w, pad=8)
+    mask = np.zeros((h, w), dtype=bool)
+    mask[window] = signed > 0
+    inside = _sigmoid(signed / geometry["edge"])
+    interior = np.full(signed.shape, level, dtype=np.float32)
+    if malignant:
+        interior *= np.exp(0.45 * _smooth_field(rng, *signed.shape, 4, 6))
+        if rng.random() < 0.4:  # microcalcifications: tiny bright dots
+            inner = np.argwhere(signed > 3)
+            if len(inner):
+                for py, px in inner[rng.integers(0, len(inner), int(rng.integers(3, 12)))]:
+                    y, x = window[0].start + int(py), window[1].start + int(px)
+                    _add_dot(tissue, y, x, rng.uniform(0.6, 1.2))
+    else:
+        interior *= np.exp(0.15 * _smooth_field(rng, *signed.shape, 6, 10))
+    region = tissue[window]
+    region[:] = region * (1.0 - inside) + interior * inside
+    if malignant and rng.random() < 0.4:  # echogenic halo
+        halo = rng.uniform(0.2, 0.4) * np.exp(-0.5 * ((signed + 3.0) / 2.5) ** 2) * (signed < 0)
+        region += halo
+    elif not malignant and rng.random() < 0.5:  # thin echogenic capsule
+        region += rng.uniform(0.15, 0.35) * np.exp(-0.5 * (signed / 1.0) ** 2)
+    return mask
+
+
+def _add_lesions(rng: np.random.Generator, tissue: np.ndarray, label: str, layers: _Layers) -> list[np.ndarray]:
+    """In place: the lesions of a benign or malignant image and their posterior shadowing
+    or enhancement (none for normal). Returns their masks."""
+    h, w = tissue.shape
     masks: list[np.ndarray] = []
     posterior = np.ones((h, w), dtype=np.float32)
     if label != CLASSES[0]:
         malignant = label == CLASSES[2]
-        geometry = _lesion_geometry(rng, malignant, ref)
-        b_px = geometry["b"]
-        cx = rng.uniform(0.3, 0.7) * w
-        col = int(np.clip(cx, 0, w - 1))
-        top_limit = max(fat_end[col] - 0.3 * b_px, skin[col] + b_px + 6)
-        bottom_limit = max(top_limit, min(gland_end[col], 0.72 * h) - b_px)
-        cy = rng.uniform(top_limit, bottom_limit)
-        lesions = [(geometry, cx, cy)]
-
-        if not malignant and rng.random() < SECOND_LESION_PROBABILITY:
-            small = _lesion_geometry(rng, False, ref, small=True)
-            for _ in range(10):
-                side = rng.choice([-1.0, 1.0])
-                gap = geometry["a"] * 1.3 + small["a"] * 1.3 + rng.uniform(5, 0.15 * w)
-                cx2 = cx + side * gap
-                if not (0.12 * w < cx2 < 0.88 * w):
-                    continue
-                cy2 = cy + rng.uniform(-1.0, 1.0) * geometry["b"]
-                if cy2 - small["b"] < skin.max() + 10 or cy2 + small["b"] > 0.85 * h:
-                    continue
-                lesions.append((small, cx2, cy2))
-                break
-
-        if malignant:
-            level = rng.uniform(0.06, 0.2)
-            posterior_gain = rng.uniform(0.3, 0.55) if rng.random() < MALIGNANT_SHADOW_PROBABILITY else 1.0
-            decay = rng.uniform(1.5, 4.0) * h
-        else:
-            level = rng.uniform(0.03, 0.18)
-            enhanced = rng.random() < BENIGN_ENHANCEMENT_PROBABILITY
-            posterior_gain = rng.uniform(1.5, 2.2) if enhanced else 1.0
-            decay = rng.uniform(0.3, 0.6) * h
-
+        lesions = _place_lesions(rng, malignant, layers, h, w)
+        level, posterior_gain, decay = _lesion_acoustics(rng, malignant, h)
         for geometry, lx, ly in lesions:
-            window, signed = _rasterize(geometry, lx, ly, h, w, pad=8)
-            mask = np.zeros((h, w), dtype=bool)
-            mask[window] = signed > 0
-            inside = _sigmoid(signed / geometry["edge"])
-            interior = np.full(signed.shape, level, dtype=np.float32)
-            if malignant:
-                interior *= np.exp(0.45 * _smooth_field(rng, *signed.shape, 4, 6))
-                if rng.random() < 0.4:  # microcalcifications: tiny bright dots
-                    inner = np.argwhere(signed > 3)
-                    if len(inner):
-                        for py, px in inner[rng.integers(0, len(inner), int(rng.integers(3, 12)))]:
-                            y, x = window[0].start + int(py), window[1].start + int(px)
-                            _add_dot(tissue, y, x, rng.uniform(0.6, 1.2))
-            else:
-                interior *= np.exp(0.15 * _smooth_field(rng, *signed.shape, 6, 10))
-            region = tissue[window]
-            region[:] = region * (1.0 - inside) + interior * inside
-            if malignant and rng.random() < 0.4:  # echogenic halo
-                halo = rng.uniform(0.2, 0.4) * np.exp(-0.5 * ((signed + 3.0) / 2.5) ** 2) * (signed < 0)
-                region += halo
-            elif not malignant and rng.random() < 0.5:  # thin echogenic capsule
-                region += rng.uniform(0.15, 0.35) * np.exp(-0.5 * (signed / 1.0) ** 2)
+            mask = _draw_lesion(rng, tissue, geometry, lx, ly, level, malignant)
             masks.append(mask)
             posterior *= _posterior_factor(mask, posterior_gain, decay, narrow=malignant)
     tissue *= posterior
+    return masks
 
-    # ---- depth attenuation, speckle, amplitude compression, display gain -------------
+
+def _to_display(rng: np.random.Generator, tissue: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Depth attenuation, fully developed speckle (the magnitude of a smoothed complex
+    Gaussian field, grains elongated laterally, softened a little), amplitude compression
+    and display gain/offset."""
+    h, w = tissue.shape
     tissue *= np.exp(-rng.uniform(0.4, 1.3) * yy / h)
-    # fully developed speckle: magnitude of a smoothed complex Gaussian field (Rayleigh),
-    # grains elongated laterally, then softened a little
     sigma_y, sigma_x = rng.uniform(0.9, 1.5), rng.uniform(1.8, 3.0)
     real = _blur(rng.standard_normal((h, w), dtype=np.float32), sigma_y, sigma_x)
     imag = _blur(rng.standard_normal((h, w), dtype=np.float32), sigma_y, sigma_x)
@@ -385,11 +445,13 @@ def _render(rng: np.random.Generator, label: str, h: int, w: int) -> tuple[np.nd
     speckle = _convolve_axis(_convolve_axis(speckle, _BINOMIAL, 0), _BINOMIAL, 1)
     speckle /= speckle.mean()
     envelope = np.maximum(tissue, 0.0) * speckle + 0.01 * np.abs(rng.standard_normal((h, w), dtype=np.float32))
-
     display = envelope ** rng.uniform(0.55, 0.8)  # amplitude compression
-    display = rng.uniform(0.6, 1.05) * display + rng.uniform(-0.03, 0.04)  # gain, offset
+    return rng.uniform(0.6, 1.05) * display + rng.uniform(-0.03, 0.04)  # gain, offset
 
-    # ---- black margins outside the field of view ---------------------------------------
+
+def _field_of_view(rng: np.random.Generator, h: int, w: int, yy: np.ndarray) -> np.ndarray:
+    """Boolean (h, w): inside the scanner's field of view; outside are black margins
+    (straight side margins, a trapezoid narrower at the top, sometimes a bottom band)."""
     field = np.ones((h, w), dtype=bool)
     kind = rng.random()
     cols = np.arange(w)[None, :]
@@ -403,11 +465,30 @@ def _render(rng: np.random.Generator, label: str, h: int, w: int) -> tuple[np.nd
         field &= (cols >= inset) & (cols < w - inset)
     if rng.random() < 0.2:
         field[h - int(rng.uniform(0.0, 0.06) * h) :, :] = False
+    return field
+
+
+def _render(rng: np.random.Generator, label: str, h: int, w: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One synthetic image: (uint8 gray (h, w), list of boolean lesion masks).
+
+    The steps draw from ``rng`` in a fixed order, so the same generator state gives the
+    same image."""
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xs = np.arange(w, dtype=np.float32) / w
+    layers = _layer_boundaries(rng, h, xs)
+    tissue = _layered_echogenicity(rng, layers, h, w)
+    _add_gland_texture(rng, tissue)
+    _add_muscle_striations(rng, tissue, layers, yy)
+    _add_skin_lines(rng, tissue, layers.skin, yy)
+    _add_fat_lobules(rng, tissue, layers)
+    _add_cooper_ligaments(rng, tissue, layers, yy, xs)
+    masks = _add_lesions(rng, tissue, label, layers)
+    display = _to_display(rng, tissue, yy)
+    field = _field_of_view(rng, h, w, yy)
     display = np.where(field, display, 0.0)
     masks = [m & field for m in masks]
     # a second lesion that fell entirely into the black margin is not visible: no mask
     masks = [m for i, m in enumerate(masks) if i == 0 or m.any()]
-
     gray = np.clip(np.rint(display * 255.0), 0, 255).astype(np.uint8)
     return gray, masks
 
@@ -548,17 +629,22 @@ def plant_duplicates(out_dir, seed: int = 0) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m busi_classifier.data.synthetic",
+        prog="python -m busi_classifier synthesize",
         description="Write a synthetic breast-ultrasound data set in the BUSI folder layout.",
+        epilog="example:\n  python -m busi_classifier synthesize --out data/synthetic --per-class 100 --seed 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--per-class", type=int, default=60, metavar="N", help="images per class (default 60)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--per-class", type=int, default=60, metavar="N", help="images per class (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--plant-duplicates", action="store_true",
-                        help="also add an exact, a resized, an annotated and a cross-class copy (for the audit)")
+                        help="also add an exact, a resized, an annotated and a cross-class copy, for the audit "
+                        "(default: off)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (default: a bar on a terminal only)")
     args = parser.parse_args(argv)
     try:
-        out = generate_dataset(args.out, per_class=args.per_class, seed=args.seed)
+        out = generate_dataset(args.out, per_class=args.per_class, seed=args.seed,
+                               progress=not args.quiet and sys.stderr.isatty())
         planted = plant_duplicates(out, args.seed) if args.plant_duplicates else []
     except ValueError as exc:
         parser.error(str(exc))

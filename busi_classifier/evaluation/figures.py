@@ -20,6 +20,14 @@ def _figure(rows: int = 1, cols: int = 1, size=(5, 4)):
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
+def _save(fig, path: Path, title: str) -> Path:
+    """Write the PNG with its title also in the file's metadata (PNG ``Title``), so a
+    reader and a test can tell which split a figure shows without looking at it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Title": title})
+    return path
+
+
 def training_curves(history: dict, best_epoch: int | None, path: Path) -> Path:
     keys = [("loss", "loss"), ("macro_f1", "macro-F1"), ("macro_auc", "macro AUC")]
     keys = [(k, t) for k, t in keys if k in history]
@@ -40,13 +48,12 @@ def training_curves(history: dict, best_epoch: int | None, path: Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8, frameon=False)
-    fig.suptitle("Training curves (dotted: phase boundaries)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    title = "Training curves (dotted: phase boundaries)"
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path, title)
 
 
-def confusion_matrix_figure(metrics: dict, path: Path) -> Path:
+def confusion_matrix_figure(metrics: dict, path: Path, split: str = "test") -> Path:
     cm = np.array(metrics["confusion_matrix"]["rows_true_cols_pred"])
     labels = metrics["confusion_matrix"]["labels"]
     fig, axes = _figure(1, 2, (9.5, 4))
@@ -64,13 +71,12 @@ def confusion_matrix_figure(metrics: dict, path: Path) -> Path:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"Confusion matrix (n={int(cm.sum())})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    title = f"Confusion matrix, {split} split (n={int(cm.sum())})"
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path, title)
 
 
-def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, path: Path) -> Path:
+def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, path: Path, split: str = "test") -> Path:
     fig, axes = _figure(1, 1, (4.8, 4.4))
     ax = axes[0][0]
     for i, label in enumerate(CLASSES):
@@ -84,14 +90,14 @@ def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, path: Path) -> Pat
     ax.axvline(0.1, color="#d62728", linestyle="--", linewidth=0.8, alpha=0.5, label="90 % specificity")
     ax.set_xlabel("1 - specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_title("ROC curves, one class vs the rest")
+    title = f"ROC curves, one class vs the rest ({split} split)"
+    ax.set_title(title)
     ax.legend(fontsize=8, frameon=False, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path, title)
 
 
-def reliability_figure(y_true: np.ndarray, probabilities: np.ndarray, temperature: float, path: Path) -> Path:
+def reliability_figure(y_true: np.ndarray, probabilities: np.ndarray, temperature: float, path: Path,
+                       split: str = "test") -> Path:
     fig, axes = _figure(1, 1, (4.8, 4.4))
     ax = axes[0][0]
     ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle=":", label="perfect calibration")
@@ -105,21 +111,23 @@ def reliability_figure(y_true: np.ndarray, probabilities: np.ndarray, temperatur
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_title("Reliability diagram (test split)")
+    title = f"Reliability diagram ({split} split)"
+    ax.set_title(title)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path, title)
 
 
 def write_evaluation_figures(metrics: dict, y_true: np.ndarray, raw_probabilities: np.ndarray, temperature: float,
-                             out_dir: Path, prefix: str = "") -> dict[str, Path]:
+                             out_dir: Path, prefix: str = "", split: str = "test") -> dict[str, Path]:
+    """Confusion matrix, ROC curves and reliability diagram of one split; each title
+    names ``split``. Returns {figure name: path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     calibrated = apply_temperature(raw_probabilities, temperature)
     return {
-        "confusion matrix": confusion_matrix_figure(metrics, out_dir / f"{prefix}confusion_matrix.png"),
-        "ROC curves": roc_figure(y_true, calibrated, out_dir / f"{prefix}roc_curves.png"),
-        "reliability": reliability_figure(y_true, raw_probabilities, temperature, out_dir / f"{prefix}reliability.png"),
+        "confusion matrix": confusion_matrix_figure(metrics, out_dir / f"{prefix}confusion_matrix.png", split),
+        "ROC curves": roc_figure(y_true, calibrated, out_dir / f"{prefix}roc_curves.png", split),
+        "reliability": reliability_figure(y_true, raw_probabilities, temperature,
+                                          out_dir / f"{prefix}reliability.png", split),
     }
 
 

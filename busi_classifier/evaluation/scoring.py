@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from busi_classifier.data.dataset import DatasetError, Sample, load_images
+from busi_classifier.serving.card import ModelCard
 from busi_classifier.serving.constants import CLASSES
-from busi_classifier.serving.predictor import ModelLoadError, read_metadata
+from busi_classifier.serving.predictor import ModelLoadError
 
 
 def read_split(split_csv: Path, data_dir: Path, subset: str) -> list[Sample]:
@@ -60,57 +61,84 @@ def evaluate_model(model_path: str | Path, data_dir: str | Path | None = None, s
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ModelLoadError(f"model file not found: {model_path}")
-    meta = read_metadata(model_path if model_path.suffix == ".tflite" else model_path.with_name("model.tflite"))
-    training = meta.get("training", {})
-    data_dir = Path(data_dir or meta.get("dataset", {}).get("root", ""))
+    card = ModelCard.read(model_path)  # the model.json beside the file
+    training = card.training
+    data_dir = Path(data_dir or card.dataset.get("root", ""))
     split_csv = Path(split_csv) if split_csv else model_path.with_name("split.csv")
     samples = read_split(split_csv, data_dir, subset)
-    images = load_images(samples, int(meta["input"]["size"]), progress)
+    images = load_images(samples, card.input.size, progress)
     y = np.array([s.label_index for s in samples])
     raw = predict_raw(model_path, images, int(training.get("batch_size", 16)))
-    temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
+    temperature = card.temperature
     metrics = evaluate_predictions(
         y, raw, temperature,
         n_resamples=bootstrap if bootstrap is not None else int(training.get("bootstrap_resamples", 1000)),
         seed=seed if seed is not None else int(training.get("seed", 0)),
     )
-    metrics.update({"model": str(model_path), "model_version": meta.get("model_version"), "subset": subset,
+    metrics.update({"model": str(model_path), "model_version": card.model_version, "subset": subset,
                     "split_file": str(split_csv)})
     return metrics, y, raw
 
 
+def resolve_model_argument(model: str | Path, variant: str | None = None) -> Path:
+    """The model file ``--model`` names: a .keras or .tflite file as given; a model
+    folder gives the .tflite file the function would serve from it (``variant``, else
+    model.json's default variant)."""
+    path = Path(model)
+    if not path.is_dir():
+        if variant is not None:
+            raise ModelLoadError(f"--variant {variant} needs a model folder, not the file {path}")
+        return path
+    from busi_classifier.serving.predictor import Predictor
+
+    return Path(Predictor(path, variant=variant).model_path)
+
+
 def main(argv=None) -> int:
+    from busi_classifier.cli import HelpFormatter, add_output_options
+
     p = argparse.ArgumentParser(prog="python -m busi_classifier evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model.keras or a .tflite file with model.json beside it")
+                                formatter_class=HelpFormatter,
+                                epilog="examples:\n  python -m busi_classifier evaluate --model artifacts/model\n"
+                                "  python -m busi_classifier evaluate --model artifacts/model/model.keras --subset val "
+                                "--figures imgs")
+    p.add_argument("--model", required=True,
+                   help="a model folder (scores the variant the function serves), model.keras, or a .tflite file "
+                   "with model.json beside it")
+    p.add_argument("--variant", default=None,
+                   help="with a model folder: the TFLite variant to score (default: model.json's default variant)")
     p.add_argument("--data", default=None, help="dataset folder (default: the one recorded in model.json)")
     p.add_argument("--split-csv", default=None, help="split file (default: split.csv beside the model)")
-    p.add_argument("--subset", default="test", choices=("train", "val", "test"), help="which split (default test)")
-    p.add_argument("--out", default=None, help="folder for evaluation-<model>-<subset>.json (default: beside the model)")
+    p.add_argument("--subset", default="test", choices=("train", "val", "test"), help="which split")
+    p.add_argument("--out", default=None,
+                   help="folder for evaluation-<model>-<subset>.json (default: beside the model)")
     p.add_argument("--figures", default=None, help="folder for the figures (default: --out)")
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: as in training)")
-    p.add_argument("--quiet", action="store_true")
+    add_output_options(p)
     args = p.parse_args(argv)
+    from busi_classifier.cli import quiet_tensorflow, show_progress
+
+    quiet_tensorflow(args.verbose)
     try:
-        metrics, y, raw = evaluate_model(args.model, args.data, args.split_csv, args.subset, args.bootstrap,
-                                         progress=not args.quiet)
+        model_path = resolve_model_argument(args.model, args.variant)
+        metrics, y, raw = evaluate_model(model_path, args.data, args.split_csv, args.subset, args.bootstrap,
+                                         progress=show_progress(args))
     except (DatasetError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     from busi_classifier.evaluation.figures import write_evaluation_figures
 
-    model_path = Path(args.model)
     out = Path(args.out) if args.out else model_path.parent
     out.mkdir(parents=True, exist_ok=True)
     name = f"evaluation-{model_path.stem}-{model_path.suffix.lstrip('.')}-{args.subset}"
     figures = write_evaluation_figures(metrics, y, raw, metrics["temperature"], Path(args.figures) if args.figures
-                                       else out, prefix=f"{name}-")
+                                       else out, prefix=f"{name}-", split=args.subset)
     metrics["figures"] = {k: str(v) for k, v in figures.items()}
     (out / f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     ci = metrics["ci95"]
-    print(f"{args.subset} split, n={metrics['n']}: accuracy {metrics['accuracy']:.3f} {_ci(ci['accuracy'])}, "
-          f"macro-F1 {metrics['macro_f1']:.3f} {_ci(ci['macro_f1'])}, macro AUC {_fmt(metrics['macro_auc'])} "
-          f"{_ci(ci['macro_auc'])}, ECE {metrics['ece']:.3f} -> {out / (name + '.json')}")
+    print(f"{model_path}, {args.subset} split, n={metrics['n']}: accuracy {metrics['accuracy']:.3f} "
+          f"{_ci(ci['accuracy'])}, macro-F1 {metrics['macro_f1']:.3f} {_ci(ci['macro_f1'])}, macro AUC "
+          f"{_fmt(metrics['macro_auc'])} {_ci(ci['macro_auc'])}, ECE {metrics['ece']:.3f} -> {out / (name + '.json')}")
     return 0
 
 

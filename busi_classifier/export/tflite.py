@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from busi_classifier import __version__
+from busi_classifier.cli import native_stderr_silenced
 from busi_classifier.config import TrainConfig
 from busi_classifier.export.variants import (
     MAX_MACRO_F1_LOSS,
@@ -28,8 +29,9 @@ from busi_classifier.export.variants import (
     agreement_evidence,
     choose_default,
 )
-from busi_classifier.serving.constants import CLASSES
-from busi_classifier.serving.decode import PREPROCESSING_DESCRIPTION
+from busi_classifier.serving.card import FORMAT_VERSION as CARD_FORMAT_VERSION
+from busi_classifier.serving.card import ModelCard, preprocessing_description
+from busi_classifier.serving.constants import CLASSES, MODEL_INPUT_DTYPE
 
 TRACKED_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pillow", "ai-edge-litert")
 
@@ -44,7 +46,8 @@ def package_versions() -> dict:
     return versions
 
 
-def convert_to_tflite(model: keras.Model, variant: str = "float32", representative: np.ndarray | None = None) -> bytes:
+def convert_to_tflite(model: keras.Model, variant: str = "float32", representative: np.ndarray | None = None,
+                      verbose: bool = False) -> bytes:
     """TFLite flatbuffer of the Keras model (input: raw RGB 0..255, float32; output:
     probabilities, float32) in one of the VARIANTS:
 
@@ -73,8 +76,11 @@ def convert_to_tflite(model: keras.Model, variant: str = "float32", representati
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     elif variant != "float32":
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    # The converter prints the whole signature and MLIR notes; keep the console readable.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # The converter prints the whole signature (Python stdout) and MLIR notes and warnings
+    # (C++, straight to file descriptor 2); keep the console readable unless verbose.
+    if verbose:
+        return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
         return converter.convert()
 
 
@@ -113,24 +119,28 @@ def export_model(
     representative: np.ndarray | None = None,
     evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     progress: bool = True,
+    verbose: bool = False,
 ) -> dict:
     """Write model.keras, every TFLite variant and model.json into ``out_dir``; return
     the metadata.
 
+    Only ``config.variants`` are written (float32, the reference, always is).
     ``representative``: uint8 training images for int8_full calibration (without them
     that variant is skipped). ``evaluation``: (test images, labels, Keras probabilities):
     each variant is scored against the Keras model on them and the default variant is
     chosen by ``variants.choose_default``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    inference_copy = keras.models.clone_model(model)  # uncompiled: no optimizer state in the file
-    inference_copy.set_weights(model.get_weights())
-    inference_copy.save(out_dir / "model.keras")
     from tqdm import tqdm
 
-    names = [v for v in VARIANTS if v != "int8_full" or representative is not None]
+    from busi_classifier.training.model import inference_copy
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inference_copy(model).save(out_dir / "model.keras")  # uncompiled: no optimizer state in the file
+    for stale in set(VARIANT_FILES.values()) - {VARIANT_FILES[v] for v in config.variants}:
+        (out_dir / stale).unlink(missing_ok=True)  # a variant not asked for must not outlive an older run
+    names = [v for v in VARIANTS if v in config.variants and (v != "int8_full" or representative is not None)]
     files: dict[str, dict] = {}
     for variant in tqdm(names, desc="TFLite variants", unit="variant", disable=not progress):
-        data = convert_to_tflite(model, variant, representative)
+        data = convert_to_tflite(model, variant, representative, verbose)
         (out_dir / VARIANT_FILES[variant]).write_bytes(data)
         files[variant] = {"file": VARIANT_FILES[variant], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     digest = files["float32"]["sha256"]
@@ -138,13 +148,19 @@ def export_model(
         images, labels, reference = evaluation
         probe = images[0] if len(images) else np.zeros((config.image_size, config.image_size, 3), np.uint8)
         for entry in files.values():
-            predictor = _predictor(out_dir / entry["file"], config.image_size)
+            with contextlib.nullcontext() if verbose else native_stderr_silenced():  # LiteRT's "INFO: Created ..."
+                predictor = _predictor(out_dir / entry["file"], config.image_size)
             entry["latency_ms"] = latency_ms(predictor, probe)
             entry["evidence"] = agreement_evidence(reference, predictor.raw_probabilities(images), labels)
         default, reason = choose_default(files)
     else:
         default, reason = "float32", "no evaluation data given: the float32 reference is served"
-    meta = {
+    # model.json: the typed, versioned card (serving/card.py); every field is required
+    for entry in files.values():
+        entry.setdefault("latency_ms", None)  # measured only with evaluation data
+        entry.setdefault("evidence", None)
+    card = ModelCard.from_dict({
+        "format_version": CARD_FORMAT_VERSION,
         "name": "busi-resnet50",
         "model_version": f"{__version__}+{digest[:12]}",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -153,12 +169,12 @@ def export_model(
             "name": "image",
             "shape": [1, config.image_size, config.image_size, 3],
             "size": config.image_size,
-            "dtype": "float32",
+            "dtype": MODEL_INPUT_DTYPE,
             "range": [0, 255],
             "color": "RGB",
         },
         "output": {"name": "probabilities", "shape": [1, len(CLASSES)], "activation": "softmax"},
-        "preprocessing": PREPROCESSING_DESCRIPTION,
+        "preprocessing": preprocessing_description(),
         "variants": files,
         "default_variant": default,
         "default_variant_reason": reason,
@@ -174,6 +190,6 @@ def export_model(
         "calibration": calibration or {"method": "none", "temperature": 1.0},
         "metrics": metrics,
         "packages": package_versions(),
-    }
-    write_json(out_dir / "model.json", meta)
-    return meta
+    })
+    card.write(out_dir)
+    return card.to_dict()

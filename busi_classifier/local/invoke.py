@@ -4,40 +4,38 @@ of each class, through every event shape, and print the answers (what `make demo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import sys
-from pathlib import Path
 
 
 def invoke_main(argv) -> int:
-    """Run lambda_function.lambda_handler in this process on a few images of each class,
+    """Run the Lambda handler in this process on a few images of each class,
     through every event shape, and print the answers (what `make demo` shows)."""
     p = argparse.ArgumentParser(prog="python -m busi_classifier invoke", description=invoke_main.__doc__)
-    p.add_argument("--model", default="artifacts/model",
-                   help="model folder (serves its default variant, or MODEL_VARIANT) or a .tflite file")
+    p.add_argument("--model", default=None,
+                   help="model folder (serves its default variant, or MODEL_VARIANT) or one .tflite file, served as is "
+                        "(default: MODEL_PATH, else artifacts/model)")
     p.add_argument("--data", required=True, help="dataset folder in the BUSI layout")
     p.add_argument("--per-class", type=int, default=2)
     args = p.parse_args(argv)
 
-    os.environ["MODEL_PATH"] = str(Path(args.model).resolve())
-    # the answers are printed for a person: no JSON request log or metric lines between them
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ.setdefault("EMF_METRICS", "off")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import lambda_function
     from busi_classifier.data.dataset import DatasetError, read_dataset
+    from busi_classifier.local.server import local_settings
+    from busi_classifier.serving.api import make_handler
     from busi_classifier.serving.events import direct_event, http_v2_event, rest_v1_event
 
-    if lambda_function.PREDICTOR is None:
-        print(f"error: {lambda_function.LOAD_ERROR}", file=sys.stderr)
+    # the answers are printed for a person: readable log lines, warnings only, no metric lines
+    settings = dataclasses.replace(local_settings(args.model), log_level="WARNING", emf_metrics=False)
+    handler = make_handler(settings)
+    if handler.predictor is None:
+        print(f"error: {handler.load_error}", file=sys.stderr)
         return 1
     try:
         samples = read_dataset(args.data)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    handler = lambda_function.lambda_handler
 
     def show(kind: str, answer: dict) -> None:
         body = json.loads(answer["body"]) if "body" in answer else answer
@@ -49,7 +47,7 @@ def invoke_main(argv) -> int:
     show("REST API (1.0)", handler(rest_v1_event("GET", "/health"), None))
     show("HTTP API (2.0)", handler(http_v2_event("GET", "/health"), None))
     correct = total = 0
-    for label in lambda_function.PREDICTOR.classes:
+    for label in handler.predictor.classes:
         for sample in [s for s in samples if s.label == label][: args.per_class]:
             data = sample.path.read_bytes()
             print(f"{sample.path.name} (true: {label})")

@@ -2,8 +2,10 @@
 
 ``python -m busi_classifier serve --port 8000`` listens on 127.0.0.1, turns each HTTP
 request into the API Gateway proxy event that the deployed API would send (REST API
-payload 1.0 by default, HTTP API payload 2.0 with ``--event-format http``), calls
-``lambda_function.lambda_handler`` and turns its answer back into an HTTP response:
+payload 1.0 by default, HTTP API payload 2.0 with ``--event-format http``), calls the
+handler the function uses (``busi_classifier.serving.api.make_handler``, with the same
+settings from the environment; ``--model`` overrides MODEL_PATH) and turns its answer
+back into an HTTP response:
 
     curl -s localhost:8000/health
     curl -s -X POST localhost:8000/predict -H 'Content-Type: image/png' --data-binary @scan.png
@@ -12,30 +14,54 @@ Like the deployed API (template.yaml), bodies of the binary media types (image/p
 image/jpeg) arrive base64-encoded with ``isBase64Encoded: true``; so does any body that
 is not UTF-8 text. Bodies over the handler's 6 MB cap are refused with 413 before they
 are read. One request runs the model at a time (a Lambda instance serves one request
-at a time too); reading bodies and writing answers happen in parallel.
+at a time too); reading bodies and writing answers happen in parallel. The console shows
+one short line per request; ``--json-logs`` prints the function's JSON log and EMF lines
+instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import json
-import os
 import sys
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from busi_classifier.serving.api import MAX_BODY_BYTES
+from busi_classifier.serving.api import MAX_BODY_BYTES, make_handler
+from busi_classifier.serving.settings import ServingSettings
 
 BINARY_MEDIA_TYPES = ("image/png", "image/jpeg")  # the BinaryMediaTypes of template.yaml
 STAGE = "local"
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 SOCKET_TIMEOUT_S = 30
 DISCARD_LIMIT = 64 * 1024 * 1024
+MAX_SIZE_DIGITS = 16  # a Content-Length or chunk size longer than this is refused unread
+DEFAULT_MODEL = "artifacts/model"
+HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+def parse_content_length(text: str) -> int | None:
+    """Content-Length as an int: ASCII digits only (no sign, no "\xb2", no spaces
+    inside); None when it is not one."""
+    text = text.strip()
+    if not text or len(text) > MAX_SIZE_DIGITS or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+def parse_chunk_size(line: bytes) -> int | None:
+    """A chunked body's size line (hex digits, an optional ;extension) as an int; None
+    when it is not one (a sign, "0x", spaces inside, too many digits)."""
+    size = line.split(b";", 1)[0].strip()
+    if not size or len(size) > MAX_SIZE_DIGITS or not set(size) <= HEX_DIGITS:
+        return None
+    return int(size, 16)
 
 
 class LocalContext:
@@ -146,8 +172,19 @@ class LambdaRequestHandler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = SOCKET_TIMEOUT_S
 
-    def log_message(self, format, *args):  # noqa: A002 - the handler logs each request as JSON
+    def log_message(self, format, *args):  # noqa: A002 - one line per request comes from _forward
         pass
+
+    def handle(self) -> None:
+        """One connection; a client that goes away is one line, not a traceback."""
+        try:
+            super().handle()
+        except DISCONNECTS as exc:
+            self.close_connection = True
+            self.server.say(f"{self.client_address[0]} disconnected ({exc.strerror or type(exc).__name__})")
+        except TimeoutError:
+            self.close_connection = True
+            self.server.say(f"{self.client_address[0]} timed out after {SOCKET_TIMEOUT_S} s")
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own errors (bad request line, header too long, unknown
@@ -178,11 +215,11 @@ class LambdaRequestHandler(BaseHTTPRequestHandler):
         length_text = self.headers.get("Content-Length")
         if length_text is None:
             return b""
-        if not length_text.strip().isdigit():
+        length = parse_content_length(length_text)
+        if length is None:
             self._send(400, [("Content-Type", "application/json")],
-                       _error_json("invalid_request", "Content-Length is not a number"), close=True)
+                       _error_json("invalid_request", "Content-Length is not a number of bytes"), close=True)
             return None
-        length = int(length_text)
         if length > self.server.max_body:
             self._discard(length)
             self._too_large(length)
@@ -202,10 +239,8 @@ class LambdaRequestHandler(BaseHTTPRequestHandler):
     def _read_chunked(self) -> bytes | None:
         chunks, total = [], 0
         while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
+            size = parse_chunk_size(self.rfile.readline(1024))
+            if size is None:
                 self._send(400, [("Content-Type", "application/json")],
                            _error_json("invalid_request", "malformed chunked body"), close=True)
                 return None
@@ -217,7 +252,11 @@ class LambdaRequestHandler(BaseHTTPRequestHandler):
             if total > self.server.max_body:
                 self._too_large(total)
                 return None
-            chunks.append(self.rfile.read(size))
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:  # the client went away mid-chunk
+                self.close_connection = True
+                return None
+            chunks.append(chunk)
             self.rfile.readline(1024)  # CRLF after the chunk
 
     def _too_large(self, length: int) -> None:
@@ -226,6 +265,7 @@ class LambdaRequestHandler(BaseHTTPRequestHandler):
         self._send(413, [("Content-Type", "application/json")], _error_json("payload_too_large", message), close=True)
 
     def _forward(self) -> None:
+        started = time.perf_counter()
         body = self._read_body()
         if body is None:
             return
@@ -233,7 +273,10 @@ class LambdaRequestHandler(BaseHTTPRequestHandler):
                               self.client_address[0], self.server.event_format)
         with self.server.lock:
             answer = self.server.handler(event, LocalContext())
-        self._send(*response_parts(answer))
+        status, headers, data = response_parts(answer)
+        self._send(status, headers, data)
+        self.server.say(f"{self.command} {self.path[:200]} {status} {summary(data)} "
+                        f"({(time.perf_counter() - started) * 1000:.0f} ms)", request=True)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _forward
 
@@ -241,10 +284,21 @@ class LambdaRequestHandler(BaseHTTPRequestHandler):
 class LambdaHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, handler, event_format: str = "rest", max_body: int = MAX_BODY_BYTES):
+    def __init__(self, address, handler, event_format: str = "rest", max_body: int = MAX_BODY_BYTES,
+                 request_lines: bool = False):
         super().__init__(address, LambdaRequestHandler)
         self.handler, self.event_format, self.max_body = handler, event_format, max_body
+        self.request_lines = request_lines  # one readable line per request on stderr
         self.lock = threading.Lock()
+
+    def say(self, line: str, request: bool = False) -> None:
+        if self.request_lines or not request:
+            print(line, file=sys.stderr, flush=True)
+
+    def handle_error(self, request, client_address) -> None:
+        """An error outside a request handler: one line, not a traceback."""
+        exc = sys.exc_info()[1]
+        self.say(f"{client_address[0]}: connection error ({type(exc).__name__})")
 
     @property
     def url(self) -> str:
@@ -252,41 +306,68 @@ class LambdaHTTPServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
 
-def make_server(handler, host: str = "127.0.0.1", port: int = 8000, event_format: str = "rest") -> LambdaHTTPServer:
+def summary(data: bytes) -> str:
+    """What a request log line says about an answer: the prediction or the error code."""
+    try:
+        body = json.loads(data) if data else {}
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    if "prediction" in body:
+        return str(body["prediction"])
+    if "predictions" in body:
+        return f"{len(body['predictions'])} predictions"
+    error = body.get("error")
+    return str(error.get("code", "")) if isinstance(error, dict) else ""
+
+
+def make_server(handler, host: str = "127.0.0.1", port: int = 8000, event_format: str = "rest",
+                request_lines: bool = False) -> LambdaHTTPServer:
     """A server calling ``handler(event, context)`` for each request (port 0: any free port)."""
     if event_format not in ("rest", "http"):
         raise ValueError(f"event_format must be 'rest' or 'http', not {event_format!r}")
-    return LambdaHTTPServer((host, port), handler, event_format)
+    return LambdaHTTPServer((host, port), handler, event_format, request_lines=request_lines)
+
+
+def local_settings(model: str | None, json_logs: bool = False, environ=None) -> ServingSettings:
+    """The function's settings from the environment, serving ``model`` when given (a path
+    given is the path used), else MODEL_PATH, else artifacts/model."""
+    settings = ServingSettings.from_env(environ, default_model=DEFAULT_MODEL)
+    if model:
+        settings = settings.with_model(model)
+    return dataclasses.replace(settings, model_path=settings.model_path.resolve(),
+                               log_format="json" if json_logs else "text")
 
 
 def serve_main(argv=None) -> int:
-    """Serve lambda_function.lambda_handler over HTTP on this machine."""
+    """Serve the Lambda handler over HTTP on this machine."""
     parser = argparse.ArgumentParser(prog="python -m busi_classifier serve", description=serve_main.__doc__)
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: %(default)s; 0.0.0.0 exposes it to your network)")
     parser.add_argument("--model", default=None,
-                        help="model folder (serves its default variant, or MODEL_VARIANT) or a .tflite file "
-                             "(default: MODEL_PATH, else artifacts/model)")
+                        help="model folder (serves its default variant, or MODEL_VARIANT) or one .tflite file, "
+                             f"served as is (default: MODEL_PATH, else {DEFAULT_MODEL})")
     parser.add_argument("--event-format", choices=("rest", "http"), default="rest",
                         help="REST API payload 1.0 (default) or HTTP API payload 2.0 events")
+    parser.add_argument("--json-logs", action="store_true",
+                        help="print the function's JSON log and EMF metric lines (as CloudWatch gets them) instead "
+                             "of one short line per request")
     args = parser.parse_args(argv)
 
-    model = args.model or os.environ.get("MODEL_PATH") or "artifacts/model"
-    os.environ["MODEL_PATH"] = str(Path(model).resolve())
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # lambda_function.py
-    import lambda_function
-
-    if lambda_function.PREDICTOR is None:
-        print(f"error: {lambda_function.LOAD_ERROR}", file=sys.stderr)
+    settings = local_settings(args.model, args.json_logs)
+    handler = make_handler(settings)
+    if handler.predictor is None:
+        print(f"error: {handler.load_error}", file=sys.stderr)
         return 1
     try:
-        server = make_server(lambda_function.lambda_handler, args.host, args.port, args.event_format)
+        server = make_server(handler, args.host, args.port, args.event_format, request_lines=not args.json_logs)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"serving {model} on {server.url} (POST /predict, GET /health; {args.event_format} events); "
-          "Ctrl-C stops", file=sys.stderr, flush=True)
+    print(f"serving {settings.model_path} ({handler.predictor.variant}) on {server.url} (POST /predict, GET /health; "
+          f"{args.event_format} events); Ctrl-C stops", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

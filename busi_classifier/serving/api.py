@@ -6,10 +6,19 @@ Accepted events:
   IMAGE_URL_ALLOWLIST enables it, ``{"url": "https://..."}``;
 * API Gateway REST API proxy events (payload 1.0) and HTTP API events (payload 2.0):
   ``POST /predict`` whose body is that JSON, or the raw PNG/JPEG bytes
-  (``isBase64Encoded: true``); ``GET /health``; ``OPTIONS`` (CORS preflight).
-Client errors are 4xx with ``{"error": {"code", "message"}}``; never a traceback, never
-an internal path. Every request writes one JSON log line and CloudWatch EMF metric lines
-(busi_classifier.serving.observability); image bytes are never logged.
+  (``isBase64Encoded: true``); ``GET /health`` (and ``HEAD``); ``OPTIONS`` (CORS preflight).
+
+The shape of Powertools' event-handler resolver without its import cost: the routes are
+declared once (``@app.post("/predict")``), matched on the exact path after the stage
+prefix; exceptions are mapped to answers in one place (``@app.exception_handler``); every
+error answer is a code and a fixed sentence from ``ERRORS`` (plus the limit where one
+applies). Exception names, reprs and paths go to the log line, never to the caller.
+
+``make_handler(settings)`` builds the Lambda handler (lambda_function.py, the local
+server and ``invoke`` all use it): the model is loaded once; a settings or load error
+makes every request answer 503 ``model_unavailable`` and is logged once. Every request
+writes one log line and CloudWatch EMF metric lines (observability); image bytes are
+never logged.
 """
 
 from __future__ import annotations
@@ -17,13 +26,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
-import re
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from . import observability
+from .card import ModelLoadError
+from .constants import MAX_IMAGE_PIXELS
 from .decode import ImageTooLargeError, InvalidImageError
+from .observability import Telemetry
+from .settings import ServingSettings
 
 MAX_BATCH = 16
 # A synchronous Lambda invocation takes at most 6 MB (6,291,456 bytes) of event, and a
@@ -36,50 +48,168 @@ MAX_IMAGE_BYTES = 4_400_000
 MAX_URL_CHARS = 2048
 
 JSON_HEADERS = {"Content-Type": "application/json"}
-ROUTES = {"/predict": "POST", "/health": "GET"}
-CORS_METHODS = "GET,POST,OPTIONS"
 CORS_HEADERS = "Content-Type,X-Api-Key"
 PREDICTION_KEYS = ("image", "images", "url")
-# The load error names files on the server: it goes to the logs (at init), not to the caller.
 MODEL_UNAVAILABLE = "the model is not loaded on this function; check MODEL_PATH and model.json (the logs say why)"
-# absolute file paths (two or more segments) in messages that come from libraries
-_PATH_PATTERN = re.compile(r"(?<![\w:/])/(?:[\w.+-]+/)+[\w.+-]*")
+
+# --- the error table: code -> (status, the fixed sentence the caller gets) -------------
+# "{limit}" is filled with the limit that applies. Our own validation may give a more
+# precise sentence written here in the code (never an exception's text).
+ERRORS: dict[str, tuple[int, str]] = {
+    "missing_image": (400, 'no image: send {"image": "<base64 PNG or JPEG>"} or the raw image bytes'),
+    "invalid_base64": (400, "the image is not valid base64"),
+    "invalid_json": (400, "body is neither JSON nor an image"),
+    "invalid_request": (400, 'expected a JSON object like {"image": "<base64>"}'),
+    "invalid_image": (400, "not a readable image: send a PNG or JPEG file"),
+    "url_not_allowed": (400, "this url may not be fetched: the url input must be on for this deployment and the url "
+                             "https on port 443, without credentials, on an allowed host with a public address"),
+    "url_fetch_failed": (400, "the image at this url could not be fetched"),
+    "not_found": (404, "no such route; use POST /predict or GET /health"),
+    "method_not_allowed": (405, "method not allowed on this route (the Allow header says which are)"),
+    "payload_too_large": (413, "the request is too large; the limit is {limit} bytes (Lambda takes at most 6 MB per "
+                               f"request and base64 makes an image a third larger: send at most {MAX_IMAGE_BYTES} "
+                               "bytes of image, about 4.4 MB)"),
+    "image_too_large": (413, "the image has too many pixels; the limit is {limit} pixels"),
+    "internal_error": (500, "the model could not process this request"),
+    "model_unavailable": (503, MODEL_UNAVAILABLE),
+}
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+    """An answer other than 200: ``code`` from ERRORS, its status and fixed sentence
+    (or a more precise sentence of ours), the ``limit`` that applies, ``where`` in a batch."""
+
+    def __init__(self, code: str, message: str | None = None, *, limit: int | None = None,
+                 headers: dict | None = None, detail: str | None = None):
+        self.status, sentence = ERRORS[code]
+        self.code = code
+        self.message = message or sentence.replace("{limit}", str(limit))
         self.headers = headers or {}
+        self.detail = detail  # for the log only
+        super().__init__(self.message)
+
+    def at(self, where: str) -> RequestError:
+        self.message = f"{where}: {self.message}"
+        return self
 
 
 def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
-def scrub(text: str) -> str:
-    """A library's message without file paths in it."""
-    return _PATH_PATTERN.sub("<path>", text)
+# --- the resolver ----------------------------------------------------------------------
+
+@dataclass
+class Request:
+    event: object  # a dict, unless a direct invocation sent something else
+    method: str  # "" for a direct invocation
+    path: str  # after the stage prefix; "" for a direct invocation
+    kind: str  # "direct", "rest_v1" or "http_v2"
+    images: list[bytes] = field(default_factory=list)  # the image bytes, once read (for the log)
 
 
-def too_large(what: str, size: int, limit: int) -> RequestError:
-    return RequestError(
-        413, "payload_too_large",
-        f"{what} is {size} bytes; the limit is {limit} bytes (Lambda takes at most 6 MB per request and "
-        f"base64 makes an image a third larger: send at most {MAX_IMAGE_BYTES} bytes of image, about 4.4 MB)",
-    )
+@dataclass
+class Answer:
+    """A route's answer other than a plain 200 JSON body."""
+
+    status: int
+    body: dict | None
+    headers: dict = field(default_factory=dict)
+
+
+Route = Callable[["Function", Request], "dict | Answer"]
+
+
+@dataclass
+class Resolver:
+    """Routes (exact path -> method -> function) and exception handlers (type -> answer)."""
+
+    routes: dict[str, dict[str, Route]] = field(default_factory=dict)
+    handlers: dict[type, Callable[[Exception], RequestError]] = field(default_factory=dict)
+
+    def route(self, method: str, path: str):
+        def register(function: Route) -> Route:
+            self.routes.setdefault(path, {})[method] = function
+            return function
+        return register
+
+    def get(self, path: str):
+        return self.route("GET", path)
+
+    def post(self, path: str):
+        return self.route("POST", path)
+
+    def exception_handler(self, kind: type):
+        def register(function):
+            self.handlers[kind] = function
+            return function
+        return register
+
+    def allowed(self, path: str) -> str:
+        methods = list(self.routes[path])
+        return ",".join(methods + (["HEAD"] if "GET" in methods else []) + ["OPTIONS"])
+
+    def match(self, method: str, path: str) -> Route:
+        methods = self.routes.get(path)
+        if methods is None:
+            raise RequestError("not_found")
+        if method == "OPTIONS":
+            return preflight
+        function = methods.get("GET" if method == "HEAD" else method)
+        if function is None:
+            allowed = self.allowed(path)
+            raise RequestError("method_not_allowed", f"{path} accepts {allowed.split(',')[0]}, not {method[:16]}",
+                               headers={"Allow": allowed})
+        return function
+
+    def error_for(self, exc: Exception) -> RequestError | None:
+        """The answer to an exception, from the most specific registered handler."""
+        if isinstance(exc, RequestError):
+            return exc
+        for kind in type(exc).__mro__:
+            if kind in self.handlers:
+                answer = self.handlers[kind](exc)
+                answer.detail = answer.detail or f"{type(exc).__name__}: {exc}"
+                return answer
+        return None
+
+
+app = Resolver()
+
+
+# decode's errors carry a fixed sentence of their own (``message``) and, for the log, a ``detail``
+@app.exception_handler(ImageTooLargeError)
+def _image_too_large(exc: Exception) -> RequestError:
+    return RequestError("image_too_large", limit=MAX_IMAGE_PIXELS, detail=getattr(exc, "detail", None))
+
+
+@app.exception_handler(InvalidImageError)
+def _invalid_image(exc: Exception) -> RequestError:
+    return RequestError("invalid_image", getattr(exc, "message", None), detail=getattr(exc, "detail", None))
 
 
 # --- event shapes -----------------------------------------------------------------
 
+def _strip_stage(path: str, stage: object) -> str:
+    if isinstance(stage, str) and stage and stage != "$default":
+        prefix = "/" + stage
+        if path == prefix or path.startswith(prefix + "/"):
+            return path[len(prefix):] or "/"
+    return path
+
+
 def http_request(event: dict) -> tuple[str, str] | None:
-    """(method, path) for API Gateway proxy events; None for a direct invocation."""
+    """(method, path after the stage prefix) for API Gateway proxy events; None for a
+    direct invocation."""
     context = event.get("requestContext")
-    if event.get("version") == "2.0" and isinstance(context, dict) and isinstance(context.get("http"), dict):
+    context = context if isinstance(context, dict) else {}
+    if event.get("version") == "2.0" and isinstance(context.get("http"), dict):
         http = context["http"]
-        return str(http.get("method", "")).upper(), str(event.get("rawPath") or http.get("path") or "/")
+        path = event.get("rawPath") or http.get("path") or "/"
+        return str(http.get("method", "")).upper(), _strip_stage(str(path), context.get("stage"))
     if "httpMethod" in event:
-        return str(event["httpMethod"]).upper(), str(event.get("path") or event.get("resource") or "/")
+        path = str(event.get("path") or "/")
+        return str(event["httpMethod"]).upper(), _strip_stage(path, context.get("stage"))
     return None
 
 
@@ -87,20 +217,6 @@ def event_kind(event: object, request) -> str:
     if request is None:
         return "direct"
     return "http_v2" if isinstance(event, dict) and event.get("version") == "2.0" else "rest_v1"
-
-
-def route(method: str, path: str) -> str:
-    """The route a request path ends in (stage prefixes such as /prod are allowed)."""
-    clean = "/" + path.strip("/")
-    for name, allowed in ROUTES.items():
-        if clean == name or clean.endswith(name):
-            if method == "OPTIONS":
-                return "OPTIONS " + name
-            if method != allowed:
-                raise RequestError(405, "method_not_allowed", f"{name} accepts {allowed}, not {method[:16]}",
-                                   headers={"Allow": f"{allowed},OPTIONS"})
-            return name
-    raise RequestError(404, "not_found", "no such route; use POST /predict or GET /health")
 
 
 def _header(event: dict, name: str) -> str:
@@ -120,13 +236,13 @@ def decode_base64(text: str, what: str = "image", budget: int = MAX_IMAGE_BYTES)
         text = text.split(",", 1)[1]
     compact = "".join(text.split())
     if len(compact) * 3 // 4 - 2 > budget:
-        raise too_large(what, len(compact) * 3 // 4, budget)
+        raise RequestError("payload_too_large", limit=budget)
     try:
         data = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
-        raise RequestError(400, "invalid_base64", f"{what} is not valid base64") from None
+        raise RequestError("invalid_base64", f"{what} is not valid base64") from None
     if len(data) > budget:
-        raise too_large(what, len(data), budget)
+        raise RequestError("payload_too_large", limit=budget)
     return data
 
 
@@ -134,172 +250,234 @@ def parse_json_payload(text: str | bytes) -> object:
     try:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError):  # JSONDecodeError is a ValueError
-        raise RequestError(400, "invalid_json", "body is neither JSON nor an image") from None
+        raise RequestError("invalid_json") from None
 
 
-def _check_one_input(payload: dict) -> None:
-    given = [key for key in PREDICTION_KEYS if key in payload]
-    if len(given) > 1:
-        raise RequestError(400, "invalid_request", f"send exactly one of image, images or url, not {' and '.join(given)}")
-
-
-def images_from_payload(payload: object) -> tuple[list[bytes], bool]:
+def images_from_payload(payload: object, settings: ServingSettings) -> tuple[list[bytes], bool]:
     """(image bytes, is_batch) from ``{"image": b64}``, ``{"images": [b64, ...]}`` or
     ``{"url": "https://..."}``."""
     if not isinstance(payload, dict):
-        raise RequestError(400, "invalid_request",
-                           f'expected a JSON object like {{"image": "<base64>"}}, got {type(payload).__name__}')
-    _check_one_input(payload)
+        raise RequestError("invalid_request")
+    given = [key for key in PREDICTION_KEYS if key in payload]
+    if len(given) > 1:
+        raise RequestError("invalid_request", f"send exactly one of image, images or url, not {' and '.join(given)}")
     if "image" in payload:
         if not isinstance(payload["image"], str):
-            raise RequestError(400, "invalid_request", '"image" must be a base64 string')
+            raise RequestError("invalid_request", '"image" must be a base64 string')
         return [decode_base64(payload["image"])], False
     if "images" in payload:
         items = payload["images"]
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise RequestError(400, "invalid_request", '"images" must be a list of base64 strings')
+            raise RequestError("invalid_request", '"images" must be a list of base64 strings')
         if not 1 <= len(items) <= MAX_BATCH:
-            raise RequestError(400, "invalid_request", f'"images" must hold 1 to {MAX_BATCH} images, got {len(items)}')
+            raise RequestError("invalid_request", f'"images" must hold 1 to {MAX_BATCH} images, got {len(items)}')
         images = [decode_base64(item, f"images[{i}]") for i, item in enumerate(items)]
-        total = sum(len(i) for i in images)
-        if total > MAX_IMAGE_BYTES:
-            raise too_large(f"the {len(images)} images together", total, MAX_IMAGE_BYTES)
+        if sum(len(i) for i in images) > MAX_IMAGE_BYTES:
+            raise RequestError("payload_too_large", limit=MAX_IMAGE_BYTES)
         return images, True
     if "url" in payload:
-        return [image_from_url(payload["url"])], False
-    raise RequestError(400, "missing_image", 'no image: send {"image": "<base64 PNG or JPEG>"}')
+        return [image_from_url(payload["url"], settings)], False
+    raise RequestError("missing_image")
 
 
-def image_from_url(url: object) -> bytes:
+def image_from_url(url: object, settings: ServingSettings) -> bytes:
     if not isinstance(url, str) or not url:
-        raise RequestError(400, "invalid_request", '"url" must be a non-empty string')
+        raise RequestError("invalid_request", '"url" must be a non-empty string')
     if len(url) > MAX_URL_CHARS:
-        raise RequestError(400, "invalid_request", f'"url" is longer than {MAX_URL_CHARS} characters')
-    if not os.environ.get("IMAGE_URL_ALLOWLIST", "").strip():
-        raise RequestError(400, "url_not_allowed",
+        raise RequestError("invalid_request", f'"url" is longer than {MAX_URL_CHARS} characters')
+    if not settings.url_input_enabled:
+        raise RequestError("url_not_allowed",
                            'the url input is off on this deployment; send the image itself as {"image": "<base64>"}')
     from . import remote_image  # lazy: only url requests pay for ssl and http.client
 
-    policy = remote_image.policy_from_env(MAX_IMAGE_BYTES)
+    cap = min(settings.url_max_bytes, MAX_IMAGE_BYTES)
+    policy = remote_image.UrlPolicy(allowlist=settings.url_allowlist, max_bytes=cap, timeout_s=settings.url_timeout_s)
     try:
         return remote_image.fetch_image(url, policy)
     except remote_image.RemoteImageError as exc:
-        raise RequestError(exc.status, exc.code, exc.message) from None
+        # remote_image's messages are sentences of its own (what was refused, never a library's text)
+        code = exc.code if exc.code in ERRORS else "url_fetch_failed"
+        raise RequestError(code, exc.message, limit=cap, detail=getattr(exc, "detail", None)) from None
 
 
-def images_from_http_body(event: dict) -> tuple[list[bytes], bool]:
+def is_base64_encoded(event: dict) -> bool:
+    flag = event.get("isBase64Encoded")
+    if flag is None:
+        return False
+    if not isinstance(flag, bool):
+        raise RequestError("invalid_request", "isBase64Encoded must be a JSON boolean (true or false)")
+    return flag
+
+
+def images_from_http_body(event: dict, settings: ServingSettings) -> tuple[list[bytes], bool]:
     body = event.get("body")
+    encoded = is_base64_encoded(event)
     if body is None or body == "":
-        raise RequestError(400, "missing_image", 'empty body: send {"image": "<base64>"} or the raw image bytes')
+        raise RequestError("missing_image")
     if not isinstance(body, str):
-        raise RequestError(400, "invalid_request", "body must be a string")
+        raise RequestError("invalid_request", "body must be a string")
     if len(body) > MAX_BODY_BYTES:
-        raise too_large("the request body", len(body), MAX_BODY_BYTES)
-    if event.get("isBase64Encoded"):
+        raise RequestError("payload_too_large", limit=MAX_BODY_BYTES)
+    if encoded:
         raw = decode_base64(body, "body", MAX_BODY_BYTES)
         content_type = _header(event, "content-type").lower()
         if content_type.startswith("application/json") or (not content_type.startswith("image/") and raw.lstrip()[:1] == b"{"):
-            return images_from_payload(parse_json_payload(raw))
+            return images_from_payload(parse_json_payload(raw), settings)
         if len(raw) > MAX_IMAGE_BYTES:
-            raise too_large("the image", len(raw), MAX_IMAGE_BYTES)
+            raise RequestError("payload_too_large", limit=MAX_IMAGE_BYTES)
         return [raw], False
-    return images_from_payload(parse_json_payload(body))
+    return images_from_payload(parse_json_payload(body), settings)
 
 
-# --- answers ----------------------------------------------------------------------
+# --- routes -----------------------------------------------------------------------
 
-def predict(predictor, images: list[bytes], batch: bool) -> dict:
+def predict_images(function: Function, request: Request, images: list[bytes], batch: bool) -> dict:
+    request.images = images
+    predictor = function.predictor
     results = []
     for i, data in enumerate(images):
-        where = f"images[{i}]: " if batch else ""
         try:
             results.append(predictor.predict_bytes(data))
-        except ImageTooLargeError as exc:
-            raise RequestError(413, "image_too_large", where + scrub(str(exc))) from None
-        except InvalidImageError as exc:
-            raise RequestError(400, "invalid_image", where + scrub(str(exc))) from None
+        except Exception as exc:
+            answer = app.error_for(exc)
+            if answer is None:
+                raise
+            raise (answer.at(f"images[{i}]") if batch else answer) from None
     if batch:
         return {"predictions": results, "model_version": predictor.model_version}
     return {**results[0], "model_version": predictor.model_version}
 
 
-def health(predictor) -> dict:
-    return {"status": "ok", "model_version": predictor.model_version, "classes": predictor.classes}
+@app.post("/predict")
+def predict(function: Function, request: Request) -> dict:
+    return predict_images(function, request, *images_from_http_body(request.event, function.settings))
 
 
-def cors_headers() -> dict:
-    origin = os.environ.get("CORS_ALLOW_ORIGIN", "*")
-    return {"Access-Control-Allow-Origin": origin} if origin else {}
+@app.get("/health")
+def health(function: Function, request: Request) -> dict:
+    predictor = function.predictor
+    return {"status": "ok", "model_version": predictor.model_version, "classes": list(predictor.classes)}
 
 
-def api_response(status: int, body: dict | None, headers: dict | None = None) -> dict:
-    all_headers = {**JSON_HEADERS, **cors_headers(), **(headers or {})}
-    if body is None:  # 204
-        all_headers.pop("Content-Type")
-    return {"statusCode": status, "headers": all_headers,
-            "body": json.dumps(body) if body is not None else "", "isBase64Encoded": False}
+def direct(function: Function, request: Request) -> dict:
+    return predict_images(function, request, *images_from_payload(request.event, function.settings))
 
 
-def preflight(name: str) -> tuple[int, None, dict]:
+def preflight(function: Function, request: Request) -> Answer:
     """CORS preflight. API Gateway answers OPTIONS itself where template.yaml sets Cors;
     this answers it everywhere else (the local server, an API without Cors)."""
-    return 204, None, {"Allow": f"{ROUTES[name]},OPTIONS", "Access-Control-Allow-Methods": CORS_METHODS,
-                       "Access-Control-Allow-Headers": CORS_HEADERS, "Access-Control-Max-Age": "600"}
+    allowed = app.allowed(request.path)
+    return Answer(204, None, {"Allow": allowed, "Access-Control-Allow-Methods": allowed,
+                              "Access-Control-Allow-Headers": CORS_HEADERS, "Access-Control-Max-Age": "600"})
 
 
-def handle(event: object, context: object, predictor, load_error: str | None = None) -> dict:
-    """Answer one Lambda event. ``predictor`` is None when the model failed to load
-    (``load_error`` says why; lambda_function logs it at init and it is never sent to
-    the caller): every request then gets a 503."""
-    started = time.perf_counter()
-    request = http_request(event) if isinstance(event, dict) else None
-    status, headers, images = 200, {}, []
-    metric_route = "direct" if request is None else "other"
-    try:
-        name = route(*request) if request is not None else None
-        if name is not None:
-            metric_route = name.split()[-1]
-        if name is not None and name.startswith("OPTIONS "):
-            status, body, headers = preflight(metric_route)
-        elif predictor is None:
-            raise RequestError(503, "model_unavailable", MODEL_UNAVAILABLE)
-        elif name == "/health":
-            body = health(predictor)
-        else:
-            images, batch = images_from_http_body(event) if name is not None else images_from_payload(event)
-            body = predict(predictor, images, batch)
-    except RequestError as exc:
-        status, headers, body = exc.status, exc.headers, error_body(exc.code, exc.message)
-    except Exception as exc:  # a bug of ours: log it, answer without internals
-        status, body = 500, error_body("internal_error", "the model could not process this request")
-        observability.log("ERROR", "unhandled error", request_id=request_id(context),
-                          exception=type(exc).__name__, traceback=traceback.format_exc())
-    log_request(context, event, request, status, body, images, started, metric_route)
-    if request is None:
-        return body
-    return api_response(status, body, headers)
+# --- the function -----------------------------------------------------------------
+
+class Function:
+    """The Lambda handler: ``function(event, context)``. Built by ``make_handler``."""
+
+    def __init__(self, settings: ServingSettings, predictor=None, load_error: str | None = None,
+                 telemetry: Telemetry | None = None):
+        self.settings, self.predictor, self.load_error = settings, predictor, load_error
+        self.telemetry = telemetry or telemetry_for(settings)
+        if predictor is None and load_error is None:
+            raise ValueError("a Function needs a predictor or the reason it has none")
+
+    def __call__(self, event: object, context: object = None) -> dict:
+        started = time.perf_counter()
+        request = http_request(event) if isinstance(event, dict) else None
+        method, path = request or ("", "")
+        req = Request(event, method, path, event_kind(event, request))
+        status, headers, body, detail = 200, {}, None, None
+        metric_route = "direct" if request is None else "other"
+        try:
+            route = direct if request is None else app.match(method, path)
+            metric_route = "direct" if request is None else path
+            if route is not preflight and self.predictor is None:
+                raise RequestError("model_unavailable")
+            answer = route(self, req)
+            if isinstance(answer, Answer):
+                status, body, headers = answer.status, answer.body, answer.headers
+            else:
+                body = answer
+        except Exception as exc:
+            error = app.error_for(exc)
+            if error is None:  # a bug of ours: log it, answer without internals
+                error = RequestError("internal_error")
+                self.telemetry.log("ERROR", "unhandled error", request_id=request_id(context),
+                                   exception=type(exc).__name__, traceback=traceback.format_exc())
+            status, headers, body, detail = error.status, error.headers, error_body(error.code, error.message), error.detail
+        self.log_request(context, req, status, body, started, metric_route, detail)
+        if request is None:
+            return body
+        if method == "HEAD":  # GET's status and headers, no body
+            return self.api_response(status, None, headers, keep_type=True)
+        return self.api_response(status, body, headers)
+
+    def cors_headers(self) -> dict:
+        origin = self.settings.cors_allow_origin
+        return {"Access-Control-Allow-Origin": origin} if origin else {}
+
+    def api_response(self, status: int, body: dict | None, headers: dict | None = None, keep_type: bool = False) -> dict:
+        all_headers = {**JSON_HEADERS, **self.cors_headers(), **(headers or {})}
+        if body is None and not keep_type:  # 204
+            all_headers.pop("Content-Type")
+        return {"statusCode": status, "headers": all_headers,
+                "body": json.dumps(body) if body is not None else "", "isBase64Encoded": False}
+
+    def log_request(self, context, request: Request, status: int, body: dict | None, started: float,
+                    metric_route: str, detail: str | None) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000
+        body = body or {}
+        predictions = [body["prediction"]] if "prediction" in body else [p["prediction"] for p in body.get("predictions", [])]
+        error_code = body["error"]["code"] if "error" in body else None
+        api_request_id = None
+        if request.kind != "direct" and isinstance(request.event.get("requestContext"), dict):
+            api_request_id = request.event["requestContext"].get("requestId")
+        self.telemetry.log(
+            "INFO" if status < 500 else "ERROR", "request",
+            request_id=request_id(context), api_request_id=api_request_id if isinstance(api_request_id, str) else None,
+            event=request.kind, route=metric_route, method=request.method[:16] or None, status=status,
+            latency_ms=round(latency_ms, 2), image_bytes=[len(i) for i in request.images] or None,
+            prediction=predictions[0] if len(predictions) == 1 else None,
+            predictions=predictions if len(predictions) > 1 else None, error=error_code,
+            error_message=body["error"]["message"] if error_code else None, error_detail=detail,
+        )
+        self.telemetry.emit_request_metrics(metric_route, status, latency_ms, predictions, error_code, request_id(context))
 
 
 def request_id(context) -> str | None:
     return getattr(context, "aws_request_id", None)
 
 
-def log_request(context, event, request, status: int, body: dict | None, images: list[bytes],
-                started: float, metric_route: str) -> None:
-    latency_ms = (time.perf_counter() - started) * 1000
-    body = body or {}
-    predictions = [body["prediction"]] if "prediction" in body else [p["prediction"] for p in body.get("predictions", [])]
-    error_code = body["error"]["code"] if "error" in body else None
-    api_request_id = None
-    if request is not None and isinstance(event.get("requestContext"), dict):
-        api_request_id = event["requestContext"].get("requestId")
-    observability.log(
-        "INFO" if status < 500 else "ERROR", "request",
-        request_id=request_id(context), api_request_id=api_request_id if isinstance(api_request_id, str) else None,
-        event=event_kind(event, request), route=metric_route,
-        method=request[0][:16] if request else None, status=status, latency_ms=round(latency_ms, 2),
-        image_bytes=[len(i) for i in images] or None, prediction=predictions[0] if len(predictions) == 1 else None,
-        predictions=predictions if len(predictions) > 1 else None, error=error_code,
-        error_message=body["error"]["message"] if error_code else None,
-    )
-    observability.emit_request_metrics(metric_route, status, latency_ms, predictions, error_code, request_id(context))
+def telemetry_for(settings: ServingSettings) -> Telemetry:
+    return Telemetry(level=settings.log_level, format=settings.log_format, metrics=settings.emf_metrics,
+                     namespace=settings.metrics_namespace, service=settings.service_name)
+
+
+def make_handler(settings: ServingSettings, load_predictor: Callable | None = None) -> Function:
+    """The Lambda handler for ``settings``: loads the model once (``load_predictor(path,
+    variant=, num_threads=)``, default ``Predictor``) and logs one line, "function
+    initialised" (INFO, with model_load_ms, variant, model_version) or "function not
+    initialised" (ERROR, with the settings or load error). Never raises: a bad setting
+    or model makes every request answer 503."""
+    telemetry = telemetry_for(settings)
+    started = time.perf_counter()
+    predictor, load_error = None, None
+    if settings.errors:
+        load_error = "invalid settings: " + "; ".join(settings.errors)
+    else:
+        if load_predictor is None:
+            from .predictor import Predictor as load_predictor
+        try:
+            predictor = load_predictor(settings.model_path, variant=settings.model_variant,
+                                       num_threads=settings.num_threads)
+        except ModelLoadError as exc:
+            load_error = str(exc)
+    load_ms = round((time.perf_counter() - started) * 1000, 1)
+    if predictor is not None:
+        telemetry.log("INFO", "function initialised", model_load_ms=load_ms, variant=predictor.variant,
+                      model_version=predictor.model_version, threads=predictor.num_threads)
+    else:
+        telemetry.log("ERROR", "function not initialised", model_load_ms=load_ms, reason=load_error)
+    return Function(settings, predictor, load_error, telemetry)

@@ -10,3 +10,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Largest decoded image the preprocessing accepts (width * height). Protects against
 # decompression bombs: a tiny file whose header claims huge dimensions.
 MAX_IMAGE_PIXELS = 40_000_000
+
+# How decode_image makes the model input. model.json's "preprocessing" is generated from
+# these (serving/card.py); tests/test_card.py checks decode_image against them.
+RESIZE_METHOD = "bilinear"  # Pillow Image.Resampling name, one resize of the longer side
+PAD_COLOR = (0, 0, 0)  # the square canvas the resized image is centred on; alpha is composited on it
+SIXTEEN_BIT_DIVISOR = 257  # 16-bit grayscale -> 8 bits (65535 / 257 = 255)
+MODEL_INPUT_DTYPE = "float32"  # raw RGB 0..255; the model's first layers do the ImageNet normalisation
+# What the exported model does itself to its 0..255 RGB input (a layer inside it)
+MODEL_INTERNAL_NORMALIZATION = "keras.applications.resnet50.preprocess_input (RGB to BGR, ImageNet mean subtraction)"

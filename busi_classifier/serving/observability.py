@@ -5,12 +5,10 @@ metrics SDK, nothing that adds to a cold start. Every line is one JSON object wr
 stdout, which Lambda sends to CloudWatch Logs as one log event; CloudWatch turns the EMF
 lines (those with an ``_aws`` key) into metrics without any API call.
 
-Environment:
-  LOG_LEVEL          DEBUG, INFO (default), WARNING, ERROR
-  EMF_METRICS        "off" turns the metric lines off (default on)
-  METRICS_NAMESPACE  CloudWatch namespace of the metrics (default BusiClassifier)
-  SERVICE_NAME       value of the Service dimension (default: AWS_LAMBDA_FUNCTION_NAME,
-                     else busi-classifier)
+Configured by a ``Telemetry`` built once from the settings (settings.py reads LOG_LEVEL,
+EMF_METRICS, METRICS_NAMESPACE, SERVICE_NAME): nothing here reads the environment. The
+local server uses the "text" format: readable lines on stderr, no request records and no
+metrics (its own one line per request says what happened).
 
 Request logs never hold image bytes or base64: only sizes, codes and the prediction.
 """
@@ -18,18 +16,14 @@ Request logs never hold image bytes or base64: only sizes, codes and the predict
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from dataclasses import dataclass
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 DEFAULT_NAMESPACE = "BusiClassifier"
+DEFAULT_SERVICE = "busi-classifier"
 MAX_FIELD_CHARS = 2000  # long strings (tracebacks, messages) are cut in logs
-
-
-def _enabled(level: str) -> bool:
-    wanted = LEVELS.get(os.environ.get("LOG_LEVEL", "INFO").upper(), 20)
-    return LEVELS.get(level, 20) >= wanted
 
 
 def write_line(record: dict, stream=None) -> None:
@@ -45,25 +39,9 @@ def _clip(value):
     return value
 
 
-def log(level: str, message: str, **fields) -> None:
-    """A structured log line: ``{"level", "message", ...fields}``."""
-    if not _enabled(level):
-        return
-    record = {"level": level, "logger": "busi_classifier", "message": message}
-    record.update({key: _clip(value) for key, value in fields.items() if value is not None})
-    write_line(record)
-
-
-def service_name() -> str:
-    return os.environ.get("SERVICE_NAME") or os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or "busi-classifier"
-
-
-def metrics_enabled() -> bool:
-    return os.environ.get("EMF_METRICS", "on").strip().lower() not in ("off", "0", "false", "no")
-
-
 def request_metrics(route: str, status: int, latency_ms: float, predictions: list[str],
-                    error_code: str | None, request_id: str | None = None) -> list[dict]:
+                    error_code: str | None, request_id: str | None = None,
+                    namespace: str = DEFAULT_NAMESPACE, service: str = DEFAULT_SERVICE) -> list[dict]:
     """EMF records for one request.
 
     * one record with ``Latency`` (milliseconds) by Service and Route, ``Errors``
@@ -76,8 +54,6 @@ def request_metrics(route: str, status: int, latency_ms: float, predictions: lis
     never from the raw request path: a dimension value per attacker-chosen path would
     create unbounded metrics.
     """
-    namespace = os.environ.get("METRICS_NAMESPACE") or DEFAULT_NAMESPACE
-    service = service_name()
     timestamp = int(time.time() * 1000)
     directives = [{"Namespace": namespace, "Dimensions": [["Service", "Route"]],
                    "Metrics": [{"Name": "Latency", "Unit": "Milliseconds"}]}]
@@ -111,8 +87,39 @@ def request_metrics(route: str, status: int, latency_ms: float, predictions: lis
     return records
 
 
-def emit_request_metrics(*args, **kwargs) -> None:
-    if not metrics_enabled():
-        return
-    for record in request_metrics(*args, **kwargs):
-        write_line(record)
+@dataclass(frozen=True)
+class Telemetry:
+    """Where and how the serving code logs: level, format, metrics (from the settings)."""
+
+    level: str = "INFO"
+    format: str = "json"  # "json": one JSON object per line on stdout; "text": readable lines on stderr
+    metrics: bool = True
+    namespace: str = DEFAULT_NAMESPACE
+    service: str = DEFAULT_SERVICE
+
+    def enabled(self, level: str) -> bool:
+        return LEVELS.get(level, 20) >= LEVELS.get(self.level, 20)
+
+    def log(self, level: str, message: str, **fields) -> None:
+        """A structured log line: ``{"level", "message", ...fields}``."""
+        if not self.enabled(level):
+            return
+        fields = {key: _clip(value) for key, value in fields.items() if value is not None}
+        if self.format == "text":
+            if message == "request":  # the local server prints its own line per request
+                return
+            details = " ".join(f"{key}={value}" for key, value in fields.items() if key != "traceback")
+            sys.stderr.write(f"{level.lower()}: {message}" + (f" ({details})" if details else "") + "\n")
+            if "traceback" in fields and self.enabled("DEBUG"):
+                sys.stderr.write(str(fields["traceback"]))
+            sys.stderr.flush()
+            return
+        write_line({"level": level, "logger": "busi_classifier", "message": message, **fields})
+
+    def emit_request_metrics(self, route: str, status: int, latency_ms: float, predictions: list[str],
+                             error_code: str | None, request_id: str | None = None) -> None:
+        if not self.metrics or self.format != "json":
+            return
+        for record in request_metrics(route, status, latency_ms, predictions, error_code, request_id,
+                                      self.namespace, self.service):
+            write_line(record)

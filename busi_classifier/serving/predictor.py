@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from .card import ModelCard, ModelLoadError
 from .decode import decode_image
+
+__all__ = ["ModelLoadError", "Predictor", "apply_temperature", "available_cpus", "resolve_model_file"]
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use (interpreter threads when none are asked for)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -21,76 +31,73 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
     return p / p.sum(axis=-1, keepdims=True)
 
 
-class ModelLoadError(RuntimeError):
-    """The model files are missing or do not fit together."""
+def resolve_model_file(model_path: Path, card: ModelCard, variant: str | None = None) -> tuple[Path, str]:
+    """(the .tflite file to load, its variant name). A path given is the path used:
 
-
-def default_num_threads() -> int:
-    """Threads for the interpreter: NUM_THREADS if set, else the CPUs this process may use."""
-    value = os.environ.get("NUM_THREADS")
-    if value:
-        return max(1, int(value))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def read_metadata(model_path: Path) -> dict:
-    """model.json of a model folder, or the one beside a .tflite file."""
-    meta_path = model_path / "model.json" if model_path.is_dir() else model_path.with_name("model.json")
-    if not meta_path.is_file():
-        raise ModelLoadError(f"model.json not found in {meta_path.parent} (export writes it beside the .tflite files)")
-    try:
-        return json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"model.json is not valid JSON: {exc}") from None
-
-
-def resolve_model_file(model_path: Path, metadata: dict, variant: str | None = None) -> tuple[Path, str]:
-    """(the .tflite file to load, its variant name). A folder serves ``variant``, else
-    MODEL_VARIANT, else model.json's default_variant; a file serves itself unless a
-    variant is asked for, which is then looked up beside it."""
-    folder = model_path if model_path.is_dir() else model_path.parent
-    variants = metadata.get("variants") or {"float32": {"file": "model.tflite"}}
-    requested = variant or os.environ.get("MODEL_VARIANT") or None
-    if requested is None and model_path.is_dir():
-        requested = metadata.get("default_variant", "float32")
-    if requested is None:
-        by_file = {entry["file"]: name for name, entry in variants.items()}
-        return model_path, by_file.get(model_path.name, "custom")
-    if requested not in variants:
-        raise ModelLoadError(f"model variant {requested!r} (MODEL_VARIANT) is not in model.json; "
-                             f"available: {', '.join(variants)}")
-    return folder / variants[requested]["file"], requested
+    * a folder serves ``variant`` if given, else the card's default_variant;
+    * a .tflite file is served as is (its variant is looked up by file name, "custom"
+      when the card does not list it); asking for another variant is an error."""
+    if model_path.is_dir():
+        name = variant or card.default_variant
+        if name not in card.variants:
+            raise ModelLoadError(f"model variant {name!r} (MODEL_VARIANT) is not in model.json; "
+                                 f"available: {', '.join(card.variants)}")
+        return model_path / card.variants[name].file, name
+    own = card.variant_of_file(model_path.name) or "custom"
+    if variant is not None and variant != own:
+        raise ModelLoadError(f"model variant {variant!r} (MODEL_VARIANT) asked for, but {model_path.name} is one "
+                             f"file (variant {own}): give the model folder to choose a variant")
+    return model_path, own
 
 
 class Predictor:
     """One LiteRT interpreter, created once and reused for every image."""
 
-    def __init__(self, model_path: str | os.PathLike, num_threads: int | None = None, variant: str | None = None,
-                 metadata: dict | None = None):
+    def __init__(self, model_path: str | os.PathLike, variant: str | None = None, num_threads: int | None = None,
+                 *, card: ModelCard | None = None, metadata: dict | None = None):
         """``model_path``: a model folder (model.json and the .tflite variants) or one
-        .tflite file with model.json beside it; see ``resolve_model_file``. ``metadata``
-        stands in for model.json (the export uses it before model.json exists)."""
-        from ai_edge_litert.interpreter import Interpreter
-
+        .tflite file with model.json beside it; see ``resolve_model_file``.
+        ``num_threads``: interpreter threads (default: the CPUs this process may use).
+        ``card`` stands in for model.json. ``metadata`` ({"classes", "input": {"size"}})
+        is for a .tflite file that has no model.json yet (the export scores it before
+        writing one): served uncalibrated, as is; prefer ``Predictor.for_file``."""
         path = Path(model_path)
         if not path.exists():
             raise ModelLoadError(
-                f"model not found: {path} (set MODEL_PATH to a model folder or .tflite file, or train one with "
+                f"model not found: {path} (expected a model folder or a .tflite file; train one with "
                 "`python train.py --data DIR --out artifacts/model`)"
             )
-        self.metadata = metadata if metadata is not None else read_metadata(path)
-        self.model_path, self.variant = resolve_model_file(path, self.metadata, variant)
+        if metadata is not None:
+            if path.is_dir() or variant is not None:
+                raise ModelLoadError("metadata= is for one .tflite file without model.json")
+            self.card = None
+            self.model_path, self.variant = path, "custom"
+            self.classes: list[str] = list(metadata["classes"])
+            self.image_size: int = int(metadata["input"]["size"])
+            self.model_version: str = "unexported"
+            self.temperature: float = 1.0
+        else:
+            self.card = card if card is not None else ModelCard.read(path)
+            self.model_path, self.variant = resolve_model_file(path, self.card, variant)
+            self.classes = list(self.card.classes)
+            self.image_size = self.card.input.size
+            self.model_version = self.card.model_version
+            # temperature fitted on the validation split (model.json "calibration")
+            self.temperature = self.card.temperature
         if not self.model_path.is_file():
             raise ModelLoadError(f"model file not found: {self.model_path} (variant {self.variant})")
-        self.classes: list[str] = list(self.metadata["classes"])
-        self.image_size: int = int(self.metadata["input"]["size"])
-        self.model_version: str = self.metadata.get("model_version", "unknown")
-        # temperature fitted on the validation split (model.json "calibration"); 1.0 = none
-        self.temperature: float = float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
-        self.num_threads = num_threads or default_num_threads()
+        self.num_threads = num_threads or available_cpus()
+        self._load()
+
+    @classmethod
+    def for_file(cls, model_file: str | os.PathLike, classes, image_size: int, num_threads: int = 1) -> Predictor:
+        """A predictor of a .tflite file that has no model.json yet (uncalibrated)."""
+        return cls(model_file, num_threads=num_threads,
+                   metadata={"classes": list(classes), "input": {"size": int(image_size)}})
+
+    def _load(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
         try:
             self.interpreter = Interpreter(model_path=str(self.model_path), num_threads=self.num_threads)
             self.interpreter.allocate_tensors()

@@ -5,6 +5,8 @@ URLs for strangers is a classic server-side request forgery hole (the instance m
 service at 169.254.169.254, services inside a VPC, localhost), so every hop is checked:
 
 * https only, default port (443) only, no user:password@ in the URL;
+* the host name is IDNA-encoded, then may hold only letters, digits, hyphens and dots
+  (no NUL, no IP address literal) before the allowlist is consulted;
 * the host must match the allowlist: ``images.example.org`` (exactly that host),
   ``*.example.org`` (its subdomains), ``*`` (any host; the address checks still apply);
 * the host is resolved once and EVERY address must be public: private, loopback,
@@ -13,9 +15,15 @@ service at 169.254.169.254, services inside a VPC, localhost), so every hop is c
 * the connection goes to the address that was checked (no second DNS lookup that a
   rebinding DNS server could answer differently), with SNI and certificate
   verification against the host name;
-* redirects (at most 3) go through the same checks;
+* redirects (at most 3) go through the same checks; a Location that is not a valid URL
+  is a failed fetch;
 * the body is capped (Content-Length checked first, then counted while reading) and
-  the whole fetch has one deadline.
+  the whole fetch has one deadline, enforced by a watchdog that shuts the socket down
+  when it passes (a server trickling its handshake, headers or body one byte a second
+  is cut at the deadline, not when it gives up);
+* a host that does not resolve, resolves to a refused address, or does not accept the
+  connection gets one and the same answer, so the answers tell nothing of internal DNS;
+* messages are fixed sentences; what went wrong in detail is in ``detail``, for the log.
 
 Environment: IMAGE_URL_ALLOWLIST (comma-separated host patterns; empty = off),
 IMAGE_URL_TIMEOUT_S (default 5), IMAGE_URL_MAX_BYTES (default: the request image cap).
@@ -27,9 +35,10 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import os
+import re
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -48,19 +57,33 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 class RemoteImageError(Exception):
     """A url input that is refused or could not be fetched; status/code/message are
-    what the API answers."""
+    what the API answers (a fixed sentence); ``detail`` is for the log only."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, detail: str = ""):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.detail = status, code, message, detail
 
 
-def refused(message: str) -> RemoteImageError:
-    return RemoteImageError(400, "url_not_allowed", message)
+def refused(message: str, detail: str = "") -> RemoteImageError:
+    return RemoteImageError(400, "url_not_allowed", message, detail)
 
 
-def failed(message: str) -> RemoteImageError:
-    return RemoteImageError(400, "url_fetch_failed", message)
+def failed(message: str, detail: str = "") -> RemoteImageError:
+    return RemoteImageError(400, "url_fetch_failed", message, detail)
+
+
+# The one answer for every DNS or connection failure, and for a host whose addresses
+# are refused: different answers would let a caller map internal DNS.
+UNREACHABLE = "the url's host could not be reached (it must resolve to public addresses and accept HTTPS)"
+BAD_HOST = "the url's host name is not valid (letters, digits, hyphens and dots only)"
+IP_LITERAL = "the url must name a host, not an IP address"
+BAD_REDIRECT = "the url redirected to a location that is not a valid URL"
+READ_FAILED = "reading the image from the url failed"
+_HOST_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def timed_out(timeout: float, detail: str = "") -> RemoteImageError:
+    return failed(f"fetching the url timed out after {timeout:g} s", detail)
 
 
 @dataclass(frozen=True)
@@ -69,21 +92,6 @@ class UrlPolicy:
     max_bytes: int
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_redirects: int = MAX_REDIRECTS
-
-
-def policy_from_env(max_bytes: int, environ=None) -> UrlPolicy | None:
-    """The policy IMAGE_URL_ALLOWLIST describes; None when the url input is off."""
-    environ = os.environ if environ is None else environ
-    patterns = tuple(p.strip().lower().rstrip(".") for p in environ.get("IMAGE_URL_ALLOWLIST", "").split(","))
-    patterns = tuple(p for p in patterns if p)
-    if not patterns:
-        return None
-    try:
-        timeout = float(environ.get("IMAGE_URL_TIMEOUT_S") or DEFAULT_TIMEOUT_S)
-        cap = int(environ.get("IMAGE_URL_MAX_BYTES") or max_bytes)
-    except ValueError:
-        timeout, cap = DEFAULT_TIMEOUT_S, max_bytes
-    return UrlPolicy(patterns, min(cap, max_bytes), max(0.1, timeout))
 
 
 def host_allowed(host: str, allowlist: tuple[str, ...]) -> bool:
@@ -131,42 +139,96 @@ def resolve_host(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to ``address`` (already checked) with SNI and certificate for ``host``."""
+class Watchdog:
+    """Shuts the watched socket down when ``seconds`` have passed: a blocked connect,
+    TLS handshake, header read or body read then ends at once, however slowly the
+    server trickles its bytes (a socket timeout alone restarts with every byte)."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext):
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to ``address`` (already checked) with SNI and certificate for ``host``;
+    the watchdog holds the raw socket from its creation on."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext | None,
+                 watchdog: Watchdog):
         super().__init__(host, port, timeout=timeout, context=context)
-        self._address = address
+        self._address, self._watchdog, self._tls = address, watchdog, context is not None
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        sock = socket.socket(socket.AF_INET6 if ":" in self._address else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._watchdog.watch(sock)
+            sock.settimeout(self.timeout)
+            sock.connect((self._address, self.port))
+            self.sock = self._context.wrap_socket(sock, server_hostname=self.host) if self._tls else sock
+        except BaseException:
+            sock.close()
+            raise
 
 
 class Response:
-    """What a connector returns: status, headers (lower-case names) and a reader."""
+    """What a connector returns: status, headers (lower-case names), a reader, and
+    whether its deadline has passed."""
 
-    def __init__(self, status: int, headers: dict[str, str], read: Callable[[int], bytes], close=lambda: None):
-        self.status, self.headers, self.read, self.close = status, headers, read, close
+    def __init__(self, status: int, headers: dict[str, str], read: Callable[[int], bytes], close=lambda: None,
+                 expired: Callable[[], bool] = lambda: False):
+        self.status, self.headers, self.read, self.close, self.expired = status, headers, read, close, expired
 
 
 def open_https(address: str, host: str, port: int, target: str, timeout: float,
-               context: ssl.SSLContext | None = None) -> Response:
-    """GET ``target`` from ``host`` over HTTPS, connecting to ``address``."""
-    connection = _PinnedHTTPSConnection(host, port, address, timeout, context or ssl.create_default_context())
+               context: ssl.SSLContext | None = None, tls: bool = True) -> Response:
+    """GET ``target`` from ``host`` over HTTPS, connecting to ``address``; everything,
+    the body included, must happen within ``timeout`` seconds. ``tls=False`` speaks
+    plain HTTP (for tests against a loopback server; fetch_image never uses it)."""
+    watchdog = Watchdog(timeout)
+    context = (context or ssl.create_default_context()) if tls else None
+    connection = _PinnedHTTPSConnection(host, port, address, timeout, context, watchdog)
     try:
         connection.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
         response = connection.getresponse()
-    except BaseException:
+    except BaseException as exc:
+        watchdog.cancel()
         connection.close()
+        if watchdog.expired and not isinstance(exc, TimeoutError):
+            raise TimeoutError("the watchdog shut the socket down") from exc
         raise
     headers = {k.lower(): v for k, v in response.getheaders()}
 
     def close() -> None:
+        watchdog.cancel()
         response.close()
         connection.close()
 
-    return Response(response.status, headers, response.read, close)
+    return Response(response.status, headers, response.read, close, lambda: watchdog.expired)
 
 
 @dataclass(frozen=True)
@@ -184,8 +246,8 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
     try:
         parts = urllib.parse.urlsplit(url.strip())
         port = parts.port
-    except ValueError:
-        raise refused("the url is not a valid URL") from None
+    except ValueError as exc:
+        raise refused("the url is not a valid URL", str(exc)) from None
     if parts.scheme.lower() != "https":
         raise refused("only https URLs are fetched")
     if parts.username is not None or parts.password is not None:
@@ -193,14 +255,11 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise refused("the url has no host")
-    try:
-        host = host.encode("idna").decode("ascii") if not host.isascii() else host
-    except UnicodeError:
-        raise refused("the url's host name is not valid") from None
     if port not in (None, 443):
         raise refused("only the default https port (443) is fetched")
+    host = valid_host_name(host)
     if not host_allowed(host, policy.allowlist):
-        raise refused(f"host {host} is not in the url allowlist")
+        raise refused("the url's host is not in the url allowlist", host)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
@@ -209,11 +268,40 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
     return Target(url, host, 443, path)
 
 
+def valid_host_name(host: str) -> str:
+    """``host`` IDNA-encoded and lower-cased, when it is a host name of letters, digits,
+    hyphens and dots; refused otherwise (NUL and other control characters, spaces, %,
+    underscores, IP address literals in any spelling)."""
+    try:
+        ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        raise refused(BAD_HOST, repr(host)) from None
+    ascii_host = ascii_host.lower()
+    if ":" in ascii_host or ascii_host.rsplit(".", 1)[-1][:1].isdigit():  # no top-level domain starts with a digit
+        raise refused(IP_LITERAL, repr(host))
+    if len(ascii_host) > 253 or not _HOST_NAME.fullmatch(ascii_host):
+        raise refused(BAD_HOST, repr(host))
+    return ascii_host
+
+
 def _remaining(deadline: float, timeout: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise failed(f"fetching the url timed out after {timeout:g} s")
+        raise timed_out(timeout, "deadline passed")
     return left
+
+
+def _redirect_target(base: str, location: str) -> str:
+    """The absolute URL a Location header points to; a malformed one is a failed fetch."""
+    try:
+        url = urllib.parse.urljoin(base, location.strip())
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port, parts.hostname
+    except ValueError as exc:
+        raise failed(BAD_REDIRECT, f"Location {location[:200]!r}: {exc}") from None
+    if len(url) > MAX_URL_CHARS or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise failed(BAD_REDIRECT, f"Location {location[:200]!r}")
+    return url
 
 
 def fetch_image(url: str, policy: UrlPolicy, resolve: Callable[[str, int], list[str]] | None = None,
@@ -227,19 +315,20 @@ def fetch_image(url: str, policy: UrlPolicy, resolve: Callable[[str, int], list[
         target = check_url(url, policy)
         try:
             addresses = resolve(target.host, target.port)
-        except (OSError, UnicodeError):
-            raise failed(f"could not resolve host {target.host}") from None
+        except (OSError, UnicodeError) as exc:
+            raise failed(UNREACHABLE, f"{target.host}: resolution failed: {type(exc).__name__}: {exc}") from None
         if not addresses:
-            raise failed(f"could not resolve host {target.host}")
-        if not all(is_public_address(a) for a in addresses):
-            raise refused(f"host {target.host} resolves to a private, loopback or link-local address")
+            raise failed(UNREACHABLE, f"{target.host}: no addresses")
+        refused_addresses = [a for a in addresses if not is_public_address(a)]
+        if refused_addresses:
+            raise failed(UNREACHABLE, f"{target.host}: refused addresses {refused_addresses}")
         response = _connect_any(addresses, target, connect, deadline, policy.timeout_s)
         try:
             if response.status in REDIRECT_STATUSES:
                 location = response.headers.get("location")
                 if not location:
                     raise failed(f"the url answered HTTP {response.status} without a Location")
-                url = urllib.parse.urljoin(target.url, location)
+                url = _redirect_target(target.url, location)
                 continue
             if response.status != 200:
                 raise failed(f"the url answered HTTP {response.status}")
@@ -250,40 +339,49 @@ def fetch_image(url: str, policy: UrlPolicy, resolve: Callable[[str, int], list[
 
 
 def _connect_any(addresses: list[str], target: Target, connect, deadline: float, timeout: float) -> Response:
-    last: Exception | None = None
+    details = []
     for address in addresses:
         try:
             return connect(address, target.host, target.port, target.path, _remaining(deadline, timeout))
         except RemoteImageError:
             raise
-        except TimeoutError:
-            raise failed(f"fetching the url timed out after {timeout:g} s") from None
-        except ssl.SSLError:
-            raise failed(f"TLS with {target.host} failed (certificate not valid for the host?)") from None
+        except TimeoutError as exc:
+            raise timed_out(timeout, f"{target.host} at {address}: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:
-            last = exc
-    raise failed(f"could not connect to {target.host} ({type(last).__name__})")
+            if time.monotonic() >= deadline:
+                raise timed_out(timeout, f"{target.host} at {address}: {type(exc).__name__}") from None
+            if isinstance(exc, ssl.SSLError):  # the certificate: no oracle, DNS already answered
+                raise failed(f"TLS with the url's host failed (certificate not valid for {target.host}?)",
+                             f"{address}: {type(exc).__name__}: {exc}") from None
+            details.append(f"{address}: {type(exc).__name__}: {exc}")
+    raise failed(UNREACHABLE, f"{target.host}: " + "; ".join(details))
 
 
 def _read_capped(response: Response, policy: UrlPolicy, deadline: float) -> bytes:
     too_large = RemoteImageError(
         413, "payload_too_large", f"the image at the url is larger than the limit of {policy.max_bytes} bytes")
-    length = response.headers.get("content-length")
-    if length is not None and length.strip().isdigit() and int(length) > policy.max_bytes:
+    length = (response.headers.get("content-length") or "").strip()
+    if re.fullmatch(r"[0-9]{1,19}", length) and int(length) > policy.max_bytes:  # ASCII digits only
         raise too_large
     chunks, total = [], 0
     while True:
         _remaining(deadline, policy.timeout_s)
         try:
             chunk = response.read(CHUNK)
-        except TimeoutError:
-            raise failed(f"fetching the url timed out after {policy.timeout_s:g} s") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise failed(f"reading the url failed ({type(exc).__name__})") from None
+        except TimeoutError as exc:
+            raise timed_out(policy.timeout_s, f"read: {exc}") from None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if response.expired() or time.monotonic() >= deadline:
+                raise timed_out(policy.timeout_s, f"read: {type(exc).__name__}") from None
+            raise failed(READ_FAILED, f"read: {type(exc).__name__}: {exc}") from None
+        if not chunk and response.expired():
+            raise timed_out(policy.timeout_s, "read: the watchdog shut the socket down")
         if not chunk:
             break
         total += len(chunk)
         if total > policy.max_bytes:
             raise too_large
         chunks.append(chunk)
+    if re.fullmatch(r"[0-9]{1,19}", length) and total != int(length):
+        raise failed(READ_FAILED, f"read: {total} bytes of a Content-Length of {length}")
     return b"".join(chunks)

@@ -10,6 +10,7 @@ import dataclasses
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from busi_classifier.data.splitting import (
 )
 from busi_classifier.serving.constants import CLASSES
 from busi_classifier.serving.predictor import apply_temperature
+from busi_classifier.training.preflight import preflight
 
 MIN_CALIBRATION_IMAGES = 20  # fewer validation images fit a temperature to noise
 REPRESENTATIVE_IMAGES = 100  # training images that calibrate the int8_full activation ranges
@@ -233,84 +235,192 @@ def head_model(model):
     return keras.Model(features, outputs, name="head")
 
 
-# --- the run --------------------------------------------------------------------------------
+# --- the run, in named phases ----------------------------------------------------------------
 
 
-def train(config: TrainConfig, progress: bool = True) -> dict:
-    """Run a whole training; returns model.json's content. Writes into config.out_dir."""
-    config.check()
-    started = time.time()
-    out_dir = Path(config.out_dir)
+@dataclass
+class PreparedData:
+    """The split and the decoded images of a run."""
+
+    root: Path
+    samples: list
+    result: SplitResult
+    counts: dict
+    x: dict[str, np.ndarray]  # split name -> uint8 images (N, size, size, 3)
+    y: dict[str, np.ndarray]  # split name -> class indices
+
+
+@dataclass
+class Evaluation:
+    """Predictions, calibration and metrics of the kept model."""
+
+    p_val: np.ndarray
+    p_test: np.ndarray
+    temperature: float
+    test_metrics: dict
+    val_metrics: dict
+    calibration: dict
+
+
+class PhaseRunner:
+    """Compiles and fits a model for one phase under the run's strategy, with the
+    callback that keeps the best weights across phases; collects history and timings."""
+
+    def __init__(self, config: TrainConfig, strategy, steps_per_epoch: int, weights: dict | None, best,
+                 verbose: int):
+        self.config, self.strategy, self.steps, self.weights = config, strategy, steps_per_epoch, weights
+        self.best, self.verbose = best, verbose
+        self.history: dict[str, list] = {}
+        self.timings: dict[str, float] = {}
+
+    def fit(self, model, train_data, val_data, epochs: int, learning_rate: float, phase: str) -> None:
+        """Compile ``model`` afresh and fit it; the epochs land in ``history`` under ``phase``.
+
+        Args:
+            model: the full model, or the head model on cached features.
+            train_data, val_data: tf.data datasets.
+            epochs, learning_rate: of this phase.
+            phase: its name in history.json ("1-head", "2-fine-tune-1", "1-full").
+        """
+        config = self.config
+        print(f"phase {phase}: {epochs} epoch(s), learning rate {learning_rate:g}", flush=True)
+        with self.strategy.scope():
+            compile_model(model, config, learning_rate, self.steps, epochs)
+        t0 = time.perf_counter()
+        h = model.fit(train_data, validation_data=val_data, epochs=epochs, class_weight=self.weights,
+                      callbacks=[self.best, *phase_callbacks(config, learning_rate)], shuffle=False,
+                      verbose=self.verbose)
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
+        for key, values in h.history.items():
+            self.history.setdefault(key, []).extend(float(v) for v in values)
+        self.history.setdefault("phase", []).extend([phase] * len(h.history.get("loss", [])))
+
+
+def prepare_data(config: TrainConfig, progress: bool) -> PreparedData:
+    """Split the dataset (writes split.csv) and decode every image once.
+
+    Args:
+        config: the run's settings (already checked by ``preflight``).
+        progress: show progress bars.
+
+    Returns:
+        the split and the decoded images.
+    """
     root, samples, result = prepare_split(config, progress)
     split = result.splits
     counts = split_counts(result)
     print(f"data: {root} ({len(samples)} images) -> {config.split} split {counts}", flush=True)
     if not split["val"] or not split["test"]:
-        raise ConfigError("the validation and test splits must not be empty (more images, or other fractions)")
-
-    # Heavy imports only after the cheap checks passed, so user mistakes fail fast.
-    from busi_classifier.evaluation.figures import write_training_figures
-    from busi_classifier.evaluation.metrics import evaluate_predictions, fit_temperature, point_metrics
-    from busi_classifier.export.tflite import export_model, write_json
-    from busi_classifier.training.augmentation import build_augmenter
-    from busi_classifier.training.model import build_model, freeze_base, is_pretrained, unfreeze_top
-
-    strategy = configure_runtime(config)
+        raise ConfigError("the validation and test splits must not be empty (more images, or larger "
+                          "--val-fraction / --test-fraction)")
     x = {name: load_images(split[name], config.image_size, progress) for name in SPLITS}
     y = {name: np.array([s.label_index for s in split[name]], dtype=np.int64) for name in SPLITS}
+    return PreparedData(root, samples, result, counts, x, y)
+
+
+def train_head(runner: PhaseRunner, model, data: PreparedData, augmenter, train_ds, val_ds) -> None:
+    """Phase 1 with a pretrained base: freeze it and train the head, on base features
+    computed once per view (``--cache-features``) or through the frozen base.
+
+    Args:
+        runner: fits the phases.
+        model: the full model.
+        data: the decoded splits.
+        augmenter: the training augmentation (for the cached views).
+        train_ds, val_ds: the image datasets (used without cached features).
+    """
+    config = runner.config
+    if not config.epochs_head:
+        return
+    if not config.cache_features:
+        runner.fit(model, train_ds, val_ds, config.epochs_head, config.lr_head, "1-head")
+        return
+    x, y = data.x, data.y
+    t0 = time.perf_counter()
+    views = extract_features(model, x["train"], config.batch_size, augmenter, config.feature_views, config.seed)
+    val_features = extract_features(model, x["val"], config.batch_size)[0]
+    runner.timings["1-head features"] = time.perf_counter() - t0
+    print(f"cached base features: {len(views)} view(s) of {len(x['train'])} images "
+          f"in {runner.timings['1-head features']:.1f} s", flush=True)
+    with runner.strategy.scope():
+        head = head_model(model)
+    runner.fit(head,
+               make_dataset(np.concatenate(views), np.tile(y["train"], len(views)), config.batch_size, True,
+                            config.seed),
+               make_dataset(val_features, y["val"], config.batch_size, False, config.seed),
+               config.epochs_head, config.lr_head, "1-head")
+
+
+def fine_tune(runner: PhaseRunner, model, base, train_ds, val_ds) -> None:
+    """Phase 2: gradual unfreezing, one stage per ``--fine-tune-stages`` layer.
+
+    Args:
+        runner: fits the phases.
+        model, base: the full model and its ResNet50 base.
+        train_ds, val_ds: the image datasets.
+    """
+    from busi_classifier.training.model import unfreeze_top
+
+    config = runner.config
+    if not config.epochs_fine_tune:
+        return
+    for stage, first_layer in enumerate(config.fine_tune_stages, start=1):
+        n = unfreeze_top(base, first_layer)
+        print(f"stage {stage}: unfroze {n} base layers from {first_layer} (BatchNorm stays frozen)", flush=True)
+        runner.fit(model, train_ds, val_ds, config.epochs_fine_tune, config.lr_fine_tune, f"2-fine-tune-{stage}")
+
+
+def train_model(config: TrainConfig, data: PreparedData, strategy, progress: bool) -> tuple[object, PhaseRunner]:
+    """Build the model and run the phases; the kept (best) weights are restored.
+
+    Args:
+        config: the run's settings.
+        data: the decoded splits.
+        strategy: the tf.distribute strategy to build and compile under.
+        progress: Keras progress bars on a terminal.
+
+    Returns:
+        (the trained model, the runner with history, timings and the best epoch).
+    """
+    from busi_classifier.training.augmentation import build_augmenter
+    from busi_classifier.training.model import build_model, freeze_base, is_pretrained
+
+    x, y = data.x, data.y
     augmenter = build_augmenter(tuple(config.augment), config.seed)
     train_ds = make_dataset(x["train"], y["train"], config.batch_size, True, config.seed, augmenter)
     val_ds = make_dataset(x["val"], y["val"], config.batch_size, False, config.seed)
     weights = class_weights(y["train"]) if config.class_weights else None
     steps = max(1, -(-len(x["train"]) // config.batch_size))
-
     with strategy.scope():
         model, base = build_model(config)
-    best = keep_best_callback(config.monitor, model)
-    verbose = 1 if (progress and sys.stdout.isatty()) else 2
-    history: dict[str, list] = {}
-    timings: dict[str, float] = {}
-
-    def fit(fit_model, train_data, val_data, epochs: int, learning_rate: float, phase: str) -> None:
-        print(f"phase {phase}: {epochs} epoch(s), learning rate {learning_rate:g}", flush=True)
-        with strategy.scope():
-            compile_model(fit_model, config, learning_rate, steps, epochs)
-        t0 = time.perf_counter()
-        h = fit_model.fit(train_data, validation_data=val_data, epochs=epochs, class_weight=weights,
-                          callbacks=[best, *phase_callbacks(config, learning_rate)], shuffle=False, verbose=verbose)
-        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0
-        for key, values in h.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-        history.setdefault("phase", []).extend([phase] * len(h.history.get("loss", [])))
-
+    runner = PhaseRunner(config, strategy, steps, weights, keep_best_callback(config.monitor, model),
+                         1 if (progress and sys.stdout.isatty()) else 2)
     if is_pretrained(config.weights):
         freeze_base(base)
-        if config.epochs_head and config.cache_features:
-            t0 = time.perf_counter()
-            views = extract_features(model, x["train"], config.batch_size, augmenter, config.feature_views,
-                                     config.seed)
-            val_features = extract_features(model, x["val"], config.batch_size)[0]
-            timings["1-head features"] = time.perf_counter() - t0
-            print(f"cached base features: {len(views)} view(s) of {len(x['train'])} images "
-                  f"in {timings['1-head features']:.1f} s", flush=True)
-            with strategy.scope():
-                head = head_model(model)
-            fit(head, make_dataset(np.concatenate(views), np.tile(y["train"], len(views)), config.batch_size, True,
-                                   config.seed),
-                make_dataset(val_features, y["val"], config.batch_size, False, config.seed),
-                config.epochs_head, config.lr_head, "1-head")
-        elif config.epochs_head:
-            fit(model, train_ds, val_ds, config.epochs_head, config.lr_head, "1-head")
-        if config.epochs_fine_tune:
-            for stage, first_layer in enumerate(config.fine_tune_stages, start=1):
-                n = unfreeze_top(base, first_layer)
-                print(f"stage {stage}: unfroze {n} base layers from {first_layer} (BatchNorm stays frozen)",
-                      flush=True)
-                fit(model, train_ds, val_ds, config.epochs_fine_tune, config.lr_fine_tune, f"2-fine-tune-{stage}")
+        train_head(runner, model, data, augmenter, train_ds, val_ds)
+        fine_tune(runner, model, base, train_ds, val_ds)
     else:
         # Random initialisation: nothing to protect, the whole network trains at once.
-        fit(model, train_ds, val_ds, config.epochs_head + config.epochs_fine_tune, config.lr_head, "1-full")
-    best.restore()
+        runner.fit(model, train_ds, val_ds, config.epochs_head + config.epochs_fine_tune, config.lr_head, "1-full")
+    runner.best.restore()
+    return model, runner
+
+
+def evaluate_and_calibrate(model, data: PreparedData, config: TrainConfig, best_epoch: int | None) -> Evaluation:
+    """Predict val and test, fit the temperature on val, score test (with intervals).
+
+    Args:
+        model: the trained model.
+        data: the decoded splits.
+        config: the run's settings.
+        best_epoch: the kept epoch (recorded with the metrics).
+
+    Returns:
+        the predictions, the calibration and the metrics.
+    """
+    from busi_classifier.evaluation.metrics import evaluate_predictions, fit_temperature, point_metrics
+
+    x, y = data.x, data.y
 
     def predict(name: str) -> np.ndarray:
         return model.predict(make_dataset(x[name], y[name], config.batch_size, False, config.seed), verbose=0)
@@ -323,7 +433,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         print(f"calibration skipped: {len(y['val'])} validation images, fewer than {MIN_CALIBRATION_IMAGES}",
               flush=True)
     test_metrics = evaluate_predictions(y["test"], p_test, temperature, config.bootstrap_resamples, config.seed)
-    test_metrics["best_epoch"] = best.best_epoch
+    test_metrics["best_epoch"] = best_epoch
     test_metrics["monitor"] = config.monitor
     val_metrics = point_metrics(y["val"], p_val)
     calibration = {
@@ -333,39 +443,106 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         "val_nll_before": val_metrics["nll"],
         "val_nll_after": point_metrics(y["val"], apply_temperature(p_val, temperature))["nll"],
     }
+    return Evaluation(p_val, p_test, temperature, test_metrics, val_metrics, calibration)
+
+
+def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluation, progress: bool,
+           verbose: bool) -> dict:
+    """Write model.keras, the chosen TFLite variants and model.json.
+
+    Args:
+        model: the trained model (a float32 copy is exported after mixed precision).
+        data: the decoded splits (representative images, test evidence).
+        config: the run's settings.
+        evaluation: the test predictions and the calibration.
+        progress: progress bar over the variants.
+        verbose: show the TFLite converter's own output.
+
+    Returns:
+        model.json's content.
+    """
+    from busi_classifier.export.tflite import export_model
+
     dataset_info = {
-        "root": str(root),
-        "fingerprint_sha256": fingerprint(samples, root),
-        "images": len(samples),
-        "per_split": counts,
+        "root": str(data.root),
+        "fingerprint_sha256": fingerprint(data.samples, data.root),
+        "images": len(data.samples),
+        "per_split": data.counts,
         "split": config.split,
         "split_file": "split.csv",
     }
     if config.mixed_precision:  # export a float32 copy: the serving world has no float16 policy
         import keras
 
+        from busi_classifier.training.model import build_model
+
         keras.mixed_precision.set_global_policy("float32")
         export_source, _ = build_model(dataclasses.replace(config, weights="none"))
         export_source.set_weights(model.get_weights())
     else:
         export_source = model
-    print("exporting model.keras, the TFLite variants, model.json ...", flush=True)
+    print(f"exporting model.keras, the TFLite variants ({', '.join(config.variants)}), model.json ...", flush=True)
+    x, y = data.x, data.y
     rng = np.random.default_rng(config.seed)
     representative = x["train"][np.sort(rng.permutation(len(x["train"]))[:REPRESENTATIVE_IMAGES])]
-    meta = export_model(export_source, out_dir, config, dataset_info, {"test": _headline(test_metrics)},
-                        calibration, representative, (x["test"], y["test"], p_test), progress)
+    # model.json carries what serving applies; the fit's details stay in metrics.json
+    card_calibration = {"method": "temperature" if evaluation.temperature != 1.0 else "none",
+                        "temperature": evaluation.temperature}
+    meta = export_model(export_source, Path(config.out_dir), config, dataset_info,
+                        {"test": _headline(evaluation.test_metrics)}, card_calibration, representative,
+                        (x["test"], y["test"], evaluation.p_test), progress, verbose=verbose)
     print(f"default variant: {meta['default_variant']} ({meta['default_variant_reason']})", flush=True)
+    return meta
+
+
+def write_reports(config: TrainConfig, data: PreparedData, evaluation: Evaluation, runner: PhaseRunner,
+                  model_version: str) -> None:
+    """Training figures, metrics.json and history.json.
+
+    Args:
+        config: the run's settings (out_dir, figures_dir).
+        data: the decoded splits (test labels).
+        evaluation: predictions, calibration, metrics.
+        runner: history and timings.
+        model_version: of the exported model.
+    """
+    from busi_classifier.evaluation.figures import write_training_figures
+    from busi_classifier.export.tflite import write_json
+
+    out_dir = Path(config.out_dir)
     figures_dir = Path(config.figures_dir) if config.figures_dir else out_dir
-    figures = write_training_figures(history, test_metrics, y["test"], p_test, temperature, figures_dir)
+    figures = write_training_figures(runner.history, evaluation.test_metrics, data.y["test"], evaluation.p_test,
+                                     evaluation.temperature, figures_dir)
     write_json(out_dir / "metrics.json", {
-        "model_version": meta["model_version"],
-        "test": test_metrics,
-        "val": val_metrics,
-        "calibration": calibration,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "model_version": model_version,
+        "test": evaluation.test_metrics,
+        "val": evaluation.val_metrics,
+        "calibration": evaluation.calibration,
+        "timings_s": {k: round(v, 2) for k, v in runner.timings.items()},
         "figures": {k: str(v) for k, v in figures.items()},
     })
-    write_json(out_dir / "history.json", history)
+    write_json(out_dir / "history.json", runner.history)
+
+
+def train(config: TrainConfig, progress: bool = True, verbose: bool = False) -> dict:
+    """Run a whole training; writes into config.out_dir.
+
+    Args:
+        config: every setting of the run.
+        progress: progress bars.
+        verbose: let TensorFlow and the TFLite converter print their own lines.
+
+    Returns:
+        model.json's content, plus ``wall_time_s``.
+    """
+    started = time.time()
+    preflight(config)  # settings, dataset layout, weights: before any hashing or TensorFlow
+    data = prepare_data(config, progress)
+    strategy = configure_runtime(config)
+    model, runner = train_model(config, data, strategy, progress)
+    evaluation = evaluate_and_calibrate(model, data, config, runner.best.best_epoch)
+    meta = export(model, data, config, evaluation, progress, verbose)
+    write_reports(config, data, evaluation, runner, meta["model_version"])
     meta["wall_time_s"] = round(time.time() - started, 1)
     return meta
 

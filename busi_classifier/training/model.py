@@ -9,14 +9,13 @@ from keras import layers, ops
 
 from busi_classifier.config import ConfigError, TrainConfig
 from busi_classifier.serving.constants import CLASSES
+from busi_classifier.training.preflight import WEIGHTS_FILE_HINT, WeightsError
+
+__all__ = ["ResNet50Preprocess", "WeightsError", "build_base", "build_model", "freeze_base", "load_keras_model",
+           "unfreeze_top", "inference_copy"]
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
-WEIGHTS_FILE_HINT = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RANDOM_INIT_BN_MOMENTUM = 0.9
-
-
-class WeightsError(RuntimeError):
-    """Pretrained weights could not be obtained or loaded."""
 
 
 @keras.saving.register_keras_serializable(package="busi_classifier")
@@ -98,7 +97,7 @@ def unfreeze_top(base: keras.Model, first_layer: str) -> int:
     Returns the number of unfrozen layers."""
     names = [layer.name for layer in base.layers]
     if first_layer not in names:
-        raise ConfigError(f"--fine-tune-from {first_layer!r} is not a ResNet50 layer (e.g. conv5_block1_1_conv)")
+        raise ConfigError(f"--fine-tune-stages: {first_layer!r} is not a ResNet50 layer (e.g. conv5_block1_1_conv)")
     start = names.index(first_layer)
     base.trainable = True
     unfrozen = 0
@@ -107,6 +106,20 @@ def unfreeze_top(base: keras.Model, first_layer: str) -> int:
         layer.trainable = trainable
         unfrozen += trainable
     return unfrozen
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The same layers and weights as ``model`` in a new, uncompiled functional model:
+    saved, it holds no optimizer state (``clone_model`` of a compiled model compiles the
+    clone, and Keras 3 saves a compiled model's optimizer variables into the .keras file).
+
+    Args:
+        model: a functional model, compiled or not.
+
+    Returns:
+        an uncompiled model sharing ``model``'s layers.
+    """
+    return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
 def load_keras_model(path: str | Path) -> keras.Model:
