@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.dev-stamp
 DEMO_DATA := data/synthetic
 DEMO_OUT  := artifacts/model
 
-.PHONY: setup dev demo test test-fast bench lint clean
+.PHONY: setup dev demo test test-fast bench bench-cold-start lint clean
 
 # Idempotent: reinstalls only when pyproject.toml or requirements.txt change.
 # setup: the serving pins + the training extras (what demo, train and bench need);
@@ -43,6 +43,11 @@ BENCH_MODEL ?= $(DEMO_OUT)
 bench: setup
 	test -f $(BENCH_MODEL)/model.json || $(MAKE) demo
 	$(BIN)/python benchmarks/serving.py --model $(BENCH_MODEL)
+
+# Cold start, warm Duration, peak RSS and cost per million under the real Lambda emulator.
+bench-cold-start: setup
+	test -f $(BENCH_MODEL)/model.json || $(MAKE) demo
+	$(BIN)/python benchmarks/cold_start.py --model $(BENCH_MODEL)
 
 lint: dev
 	$(BIN)/ruff check .

@@ -206,13 +206,14 @@ def test_grouped_split_on_busi_has_no_near_duplicate_across_train_and_test():
     samples = read_dataset(BUSI_DIR)
     g = group_samples(samples, BUSI_DIR, progress=False)
     paths = [s.path for s in samples]
+    root = BUSI_DIR.resolve()  # sample paths are resolved (../shared may be a symlink)
     # the known conflict of the dataset's README is found
-    i = paths.index(BUSI_DIR / "benign" / "benign (131).png")
-    j = paths.index(BUSI_DIR / "malignant" / "malignant (51).png")
+    i = paths.index(root / "benign" / "benign (131).png")
+    j = paths.index(root / "malignant" / "malignant (51).png")
     assert g.groups[i] == g.groups[j] and g.groups[i] in g.conflicting_groups()
     # one frame cropped differently (issue 13): the hash misses it, the crop comparison joins it
-    i = paths.index(BUSI_DIR / "malignant" / "malignant (106).png")
-    j = paths.index(BUSI_DIR / "malignant" / "malignant (107).png")
+    i = paths.index(root / "malignant" / "malignant (106).png")
+    j = paths.index(root / "malignant" / "malignant (107).png")
     assert g.groups[i] == g.groups[j] and g.hash_groups[i] != g.hash_groups[j]
     for seed in (0, 42):
         split_of = grouped_split(samples, g.groups, 0.15, 0.15, seed).split_of()

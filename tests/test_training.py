@@ -10,7 +10,7 @@ from busi_classifier.cli import train_main
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--image-size", "32", "--max-per-class", "6", "--batch-size", "4", "--bootstrap", "50", "--quiet"]
+TINY = ["--image-size", "32", "--max-per-class", "6", "--batch-size", "4", "--bootstrap", "50", "--variants", "float32", "--quiet"]
 
 
 @pytest.fixture(scope="module")
