@@ -32,11 +32,14 @@ demo: setup
 		--image-size 96 --epochs-head 12 --epochs-fine-tune 0 --batch-size 16
 	$(BIN)/python -m busi_classifier invoke --model $(DEMO_OUT) --data $(DEMO_DATA) --per-class 2
 
+# Two workers (pytest-xdist): the slow tests are mostly single-threaded TensorFlow tracing and
+# TFLite conversion, so two of them share the machine's cores well. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 test-fast: dev
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
 
 # Serving benchmarks into BENCHMARKS.md (BENCH_MODEL=folder of a trained model; the demo's by default).
 BENCH_MODEL ?= $(DEMO_OUT)

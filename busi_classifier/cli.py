@@ -202,12 +202,18 @@ def train_main(argv=None, prog: str = "train.py") -> int:
         meta = train(config, progress=show_progress(args), verbose=args.verbose)
     except (DatasetError, WeightsError, ConfigError) as exc:
         return _error(exc)
-    test = meta["metrics"]["test"]
+    served = meta["metrics"]["served"]
+    test, ci = served["test"], served["test"]["ci95"]
     print(
-        f"done in {meta['wall_time_s']} s: test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} "
-        f"(n={test['n']}), model {meta['model_version']} -> {config.out_dir}"
+        f"done in {meta['wall_time_s']} s: served {served['file']} on the test split (n={test['n']}): accuracy "
+        f"{test['accuracy']:.3f} {_interval(ci['accuracy'])}, macro-F1 {test['macro_f1']:.3f} "
+        f"{_interval(ci['macro_f1'])}, model {meta['model_version']} -> {config.out_dir}"
     )
     return 0
+
+
+def _interval(interval) -> str:
+    return "[n/a]" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 # --------------------------------------------------------------------------- audit, split
@@ -336,6 +342,43 @@ def _table(rows: list[dict], classes: list[str]) -> str:
 # --------------------------------------------------------------------------- the other commands
 
 
+def crossval_main(argv=None) -> int:
+    p = _parser(
+        "python -m busi_classifier crossval",
+        "Grouped k-fold cross-validation: train one model per fold (every train option applies), then report\n"
+        "the mean and spread over the folds of the served model's test metrics (the Keras model's beside\n"
+        "them) in OUT/crossval.md and OUT/crossval.json. Each fold's model is in OUT/fold-K.",
+        "examples:\n"
+        "  python -m busi_classifier crossval --data data/Dataset_BUSI_with_GT --out artifacts/cv --folds 5\n"
+        "  python -m busi_classifier crossval --data data/synthetic --out artifacts/cv --weights none "
+        "--image-size 96 --epochs-head 8 --epochs-fine-tune 0 --variants float32,int8_dynamic",
+    )
+    add_config_arguments(p)
+    add_output_options(p)
+    p.set_defaults(folds=5, out_dir="artifacts/crossval")
+    args = p.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        from busi_classifier.training.crossval import fold_configs
+
+        fold_configs(config)  # --folds and --split checked before anything runs
+    except ConfigError as exc:
+        return _error(exc, 2)
+    quiet_tensorflow(args.verbose)
+    from busi_classifier.data.dataset import DatasetError
+    from busi_classifier.training.crossval import cross_validate, markdown
+    from busi_classifier.training.preflight import WeightsError
+
+    command = "python -m busi_classifier crossval " + " ".join(argv if argv is not None else sys.argv[2:])
+    try:
+        result = cross_validate(config, command, progress=show_progress(args), verbose=args.verbose)
+    except (DatasetError, WeightsError, ConfigError) as exc:
+        return _error(exc)
+    print(markdown(result, config, command))
+    print(f"-> {Path(config.out_dir) / 'crossval.md'}, {Path(config.out_dir) / 'crossval.json'}")
+    return 0
+
+
 def evaluate_main(argv=None) -> int:
     from busi_classifier.evaluation.scoring import main
 
@@ -365,6 +408,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
               "train, calibrate, evaluate and export a model (= python train.py)"),
     "audit": (audit_main, "audit a dataset: duplicates, near-duplicates, conflicting labels"),
     "split": (split_main, "write split.csv (grouped train/val/test split) without training"),
+    "crossval": (crossval_main, "grouped k-fold cross-validation: mean and spread of the served model's metrics"),
     "evaluate": (evaluate_main, "score an exported model (folder, model.keras or .tflite) on a split"),
     "predict": (predict_main, "classify local image files with an exported model"),
     "serve": (serve_main, "a local HTTP endpoint (POST /predict, GET /health) for the Lambda handler"),

@@ -25,20 +25,29 @@ class StubPredictor:
     image_size = STUB_SIZE
     variant = "stub"
     num_threads = 1
+    has_maps = True  # explain works: a 4x4 map that follows the image's brightness
 
     def __init__(self, model_path=None, variant=None, num_threads=None):
         """The signature of Predictor, so that ``make_handler(settings, StubPredictor)`` works."""
         self.model_path = model_path
 
-    def predict_bytes(self, data: bytes) -> dict:
+    def predict_bytes(self, data: bytes, explain: bool = False) -> dict:
         pixels = decode_image(data, self.image_size)
         mean = float(pixels.mean()) / 255.0
         logits = np.array([1.0 - mean, mean, 0.5])
         probabilities = np.exp(logits) / np.exp(logits).sum()
-        return {
-            "prediction": self.classes[int(np.argmax(probabilities))],
+        index = int(np.argmax(probabilities))
+        answer = {
+            "prediction": self.classes[index],
             "probabilities": {name: float(p) for name, p in zip(self.classes, probabilities, strict=True)},
         }
+        if explain:
+            from busi_classifier.serving.explain import explanation
+
+            cells = pixels.mean(axis=2).reshape(4, self.image_size // 4, 4, self.image_size // 4).mean(axis=(1, 3))
+            maps = np.stack([cells * (k + 1) for k in range(len(self.classes))], axis=-1)
+            answer["explanation"] = explanation(maps, index, self.classes, pixels)
+        return answer
 
 
 def stub_handler(predictor=None, load_error=None, environ=None):

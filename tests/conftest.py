@@ -31,18 +31,32 @@ def synthetic_dir(tmp_path_factory) -> Path:
     return generate_dataset(tmp_path_factory.mktemp("synthetic"), per_class=12, seed=0, progress=False)
 
 
+# The session model's settings (tests/test_training.py trains again with them to check determinism)
+TRAINED_MODEL_ARGS = ["--weights", "none", "--image-size", str(TEST_IMAGE_SIZE), "--epochs-head", "2",
+                      "--epochs-fine-tune", "0", "--batch-size", "8", "--lr-head", "1e-4", "--seed", "0", "--quiet"]
+
+
 @pytest.fixture(scope="session")
 def trained_model(synthetic_dir, tmp_path_factory) -> Path:
-    """Output folder of `train.py` run as a user types it (tiny settings)."""
+    """Output folder of `train.py` run as a user types it (tiny settings). Trained once per
+    test run: with pytest-xdist (`make test` runs two workers) the first worker to need it
+    trains it into the run's shared temporary folder under a file lock, the others wait
+    for it and read the same folder."""
+    import fcntl
+
     from busi_classifier.cli import train_main
 
-    out = tmp_path_factory.mktemp("model")
-    code = train_main([
-        "--data", str(synthetic_dir), "--out", str(out), "--weights", "none",
-        "--image-size", str(TEST_IMAGE_SIZE), "--epochs-head", "2", "--epochs-fine-tune", "0",
-        "--batch-size", "8", "--lr-head", "1e-4", "--seed", "0", "--quiet",
-    ])
-    assert code == 0
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
+    out = shared / "session-model"
+    with open(shared / "session-model.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (out / "model.json").is_file():
+                code = train_main(["--data", str(synthetic_dir), "--out", str(out), *TRAINED_MODEL_ARGS])
+                assert code == 0
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return out
 
 
@@ -80,3 +94,34 @@ def synthetic_images(root: Path, per_class: int = 2) -> list[tuple[str, bytes]]:
         files = sorted(p for p in (root / label).glob("*.png") if "_mask" not in p.name)
         images += [(label, p.read_bytes()) for p in files[:per_class]]
     return images
+
+
+class ServeProcess:
+    """`python -m busi_classifier serve ...` in a subprocess, as a user starts it: waits for
+    its "serving ... on URL" line; ``stop()`` sends Ctrl-C and returns (stdout, stderr)."""
+
+    def __init__(self, command: list[str], cwd, env=None):
+        import re
+        import subprocess
+
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+        line = ""
+        while "serving" not in line:
+            line = self.process.stderr.readline()
+            if not line:
+                self.stop()
+                raise AssertionError("the server stopped before serving")
+        self.host, port = re.search(r"http://([\d.]+):(\d+)", line).groups()
+        self.port = int(port)
+
+    def stop(self) -> tuple[str, str]:
+        import signal
+        import subprocess
+
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.communicate()

@@ -29,7 +29,7 @@ SCHEMA_FILE = ROOT / "schemas" / "model.schema.json"
 
 
 def card_dict() -> dict:
-    """A complete format-2 card (what export writes, small)."""
+    """A complete current-format card (what export writes, small)."""
     def variant(file):
         return {"file": file, "bytes": 10, "sha256": "0" * 64, "latency_ms": 1.5, "evidence": {"top1_agreement": 1.0}}
 
@@ -39,6 +39,7 @@ def card_dict() -> dict:
         "input": {"name": "image", "shape": [1, 64, 64, 3], "size": 64, "dtype": "float32", "range": [0, 255],
                   "color": "RGB"},
         "output": {"name": "probabilities", "shape": [1, 3], "activation": "softmax"},
+        "explain": {"output": "class_maps", "shape": [1, 2, 2, 3], "method": "class activation map"},
         "preprocessing": preprocessing_description(),
         "variants": {"float32": variant("model.tflite"), "int8_dynamic": variant("model_int8_dynamic.tflite"),
                      "int8_full": {**variant("model_int8_full.tflite"), "latency_ms": None, "evidence": None}},
@@ -61,7 +62,7 @@ def fields_of(data: dict, prefix: str = "") -> list[str]:
     names = []
     for key, value in data.items():
         names.append(prefix + key)
-        if key in ("input", "output", "calibration") and isinstance(value, dict):
+        if key in ("input", "output", "explain", "calibration") and isinstance(value, dict):
             names += fields_of(value, prefix + key + ".")
     return names
 
@@ -90,8 +91,22 @@ def test_an_old_card_asks_to_re_export():
     del data["format_version"]
     with pytest.raises(ModelLoadError, match="re-export"):
         ModelCard.from_dict(data)
-    with pytest.raises(ModelLoadError, match="format_version 3"):
-        ModelCard.from_dict({**card_dict(), "format_version": 3})
+    with pytest.raises(ModelLoadError, match="format_version 4"):
+        ModelCard.from_dict({**card_dict(), "format_version": 4})
+
+
+def test_a_format_2_card_still_reads_as_a_model_without_class_maps():
+    """Model folders exported before the class maps keep working: version 2 had no
+    "explain" field, and reads as "no maps"; the field in a version-2 card is refused."""
+    old = {k: v for k, v in card_dict().items() if k != "explain"}
+    card = ModelCard.from_dict({**old, "format_version": 2})
+    assert card.explain is None and card.format_version == 2
+    with pytest.raises(ModelLoadError, match="unknown field 'explain'"):
+        ModelCard.from_dict({**card_dict(), "format_version": 2})
+    with pytest.raises(ModelLoadError, match="missing field 'explain'"):
+        ModelCard.from_dict(old)  # version 3 requires it (null when there are no maps)
+    with pytest.raises(ModelLoadError, match="explain.shape"):
+        ModelCard.from_dict({**card_dict(), "explain": {**card_dict()["explain"], "shape": [1, 2, 2, 5]}})
 
 
 @pytest.mark.parametrize("change,named", [

@@ -297,11 +297,12 @@ def test_variants_flag_writes_only_those_variants(tmp_path):
     out.mkdir()
     (out / VARIANT_FILES["float16"]).write_bytes(b"stale")  # from an earlier run with every variant
     config = TrainConfig(image_size=32, variants=parse_variants("float32,int8_dynamic"))
-    meta = export_model(_tiny_model(), out, config, {}, {}, representative=np.zeros((4, 32, 32, 3), np.uint8),
-                        progress=False)
+    meta, score = export_model(_tiny_model(), out, config, {}, representative=np.zeros((4, 32, 32, 3), np.uint8),
+                               progress=False)
     written = sorted(p.name for p in out.glob("*.tflite"))
     assert written == sorted([VARIANT_FILES["float32"], VARIANT_FILES["int8_dynamic"]])
     assert set(meta["variants"]) == {"float32", "int8_dynamic"}
+    assert meta["explain"]["shape"] == [1, 30, 30, 3] and score is None  # no test data given: no served score
 
 
 def _optimizer_datasets(keras_file) -> tuple[list[str], int]:

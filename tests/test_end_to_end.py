@@ -87,7 +87,7 @@ def test_health(lambda_module, trained_model, make):
     body = json.loads(answer["body"])
     meta = json.loads((trained_model / "model.json").read_text())
     assert answer["statusCode"] == 200
-    assert body == {"status": "ok", "model_version": meta["model_version"], "classes": list(CLASSES)}
+    assert body == {"status": "ok", "model_version": meta["model_version"], "classes": list(CLASSES), "explain": True}
 
 
 # Every error case has one home: tests/test_hostile_input.py and tests/test_routing.py

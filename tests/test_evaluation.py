@@ -135,3 +135,26 @@ def test_evaluate_predictions_reports_calibrated_and_raw():
     assert m["nll"] < m["uncalibrated"]["nll"]
     assert set(m["ci95"]) >= {"accuracy", "macro_f1", "macro_auc"}
     assert len(m["reliability"]) == 10
+
+
+def test_group_bootstrap_resamples_whole_near_duplicate_groups():
+    """Three copies of each of 40 frames are 40 pieces of evidence, not 120: resampling
+    whole groups gives exactly the interval of the de-duplicated set, and resampling the
+    copies one by one gives a narrower, overconfident one."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 40)
+    p = np.where(rng.random(40)[:, None] < 0.6, np.eye(3)[y] * 0.7 + 0.1, rng.dirichlet([1, 1, 1], 40))
+    y3, p3, groups = np.repeat(y, 3), np.repeat(p, 3, axis=0), np.repeat(np.arange(40), 3)
+    unique = bootstrap_intervals(y, p, n_resamples=400, seed=1)
+    grouped = bootstrap_intervals(y3, p3, n_resamples=400, seed=1, groups=list(groups))
+    per_image = bootstrap_intervals(y3, p3, n_resamples=400, seed=1)
+    for key in ("accuracy", "macro_f1", "macro_auc"):
+        assert grouped[key] == pytest.approx(unique[key]), key
+    width = {name: ci["accuracy"][1] - ci["accuracy"][0] for name, ci in (("grouped", grouped),
+                                                                           ("per_image", per_image))}
+    assert width["per_image"] < 0.75 * width["grouped"]
+    m = evaluate_predictions(y3, p3, n_resamples=50, groups=list(groups))
+    assert (m["bootstrap_unit"], m["bootstrap_units"]) == ("near-duplicate group", 40)
+    assert evaluate_predictions(y3, p3, n_resamples=50)["bootstrap_unit"] == "image"
+    with pytest.raises(ValueError, match="group ids"):
+        bootstrap_intervals(y3, p3, n_resamples=5, groups=list(groups[:-1]))

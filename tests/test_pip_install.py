@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import shutil
-import signal
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, ServeProcess
 
 
 @pytest.mark.slow
@@ -35,24 +33,14 @@ def test_serve_works_after_a_plain_pip_install(trained_model, tmp_path):
     probe = subprocess.run([str(python), "-c", "import busi_classifier; print(busi_classifier.__file__)"],
                            cwd=where, capture_output=True, text=True)
     assert str(venv) in probe.stdout, probe.stdout + probe.stderr  # the installed copy, not the checkout
-    process = subprocess.Popen([str(python), "-m", "busi_classifier", "serve", "--model", str(model), "--port", "0"],
-                               cwd=where, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = ServeProcess([str(python), "-m", "busi_classifier", "serve", "--model", str(model), "--port", "0"],
+                          cwd=where)
     try:
-        line = ""
-        while "serving" not in line:
-            line = process.stderr.readline()
-            assert line, "the server stopped before serving"
-        host, port = re.search(r"http://([\d.]+):(\d+)", line).groups()
-        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
         connection.request("GET", "/health")
         response = connection.getresponse()
         assert response.status == 200
         assert json.loads(response.read())["status"] == "ok"
         connection.close()
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+        server.stop()

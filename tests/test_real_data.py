@@ -43,7 +43,7 @@ def test_short_run_on_busi_trains_exports_and_serves(tmp_path, monkeypatch):
     out = tmp_path / "model"
     code = train_main([
         "--data", str(BUSI_DIR), "--out", str(out), "--weights", "none", "--image-size", "64",
-        "--max-per-class", "8", "--epochs-head", "1", "--epochs-fine-tune", "0", "--batch-size", "8",
+        "--max-per-class", "8", "--epochs-head", "1", "--epochs-fine-tune", "0", "--batch-size", "8", "--variants", "float32",
         "--seed", "0", "--quiet",
     ])
     assert code == 0

@@ -151,3 +151,34 @@ def test_every_code_has_one_status_and_sentence():
         assert 400 <= status < 600 and sentence and leaks(sentence) == [], code
     error = api.RequestError("payload_too_large", limit=123)
     assert error.status == 413 and "123" in error.message
+
+
+def test_explain_flag_is_a_boolean_in_the_body_and_1_or_0_in_the_query():
+    handler = stub_handler()
+    image = png()
+    assert "explanation" not in handler({"image": b64(image)})
+    assert "explanation" in handler({"image": b64(image), "explain": True})
+    assert "explanation" not in handler({"image": b64(image), "explain": False})
+    for bad in ("yes", 1, None, {}):
+        assert handler({"image": b64(image), "explain": bad})["error"]["code"] == "invalid_request", bad
+    for value, has in (("1", True), ("true", True), ("0", False), ("no", False)):
+        event = http_v2_event("POST", "/predict", raw=image)
+        event["queryStringParameters"] = {"explain": value}
+        assert ("explanation" in json.loads(handler(event)["body"])) is has, value
+    event = http_v2_event("POST", "/predict", {"image": b64(image), "explain": {}})
+    event["queryStringParameters"] = {"explain": "1"}  # the query asks for it: the bad body flag is still refused
+    assert handler(event)["statusCode"] == 400
+    event["queryStringParameters"] = {"explain": "maybe"}
+    assert handler(event)["statusCode"] == 400
+
+
+def test_explain_of_a_model_without_maps_is_501_and_the_rest_unchanged():
+    class NoMaps(StubPredictor):
+        has_maps = False
+
+    handler = stub_handler(NoMaps())
+    image = png()
+    answer = handler({"image": b64(image), "explain": True})
+    assert answer["error"]["code"] == "explain_unavailable"
+    assert "prediction" in handler({"image": b64(image)})
+

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import threading
 
 import pytest
 from api_stub import stub_handler
-from conftest import ROOT
+from conftest import ROOT, ServeProcess
 from PIL import Image
 
 from busi_classifier.local.server import encode_body, make_server, request_event, response_parts
@@ -71,7 +70,8 @@ def call(server, method: str, path: str, body: bytes | None = None, headers: dic
 def test_health(server):
     status, headers, data = call(server, "GET", "/health")
     assert status == 200 and headers["content-type"] == "application/json"
-    assert json.loads(data) == {"status": "ok", "model_version": "stub-1", "classes": ["normal", "benign", "malignant"]}
+    assert json.loads(data) == {"status": "ok", "model_version": "stub-1", "classes": ["normal", "benign", "malignant"],
+                                "explain": True}
     assert headers["access-control-allow-origin"] == "*"
     [event] = server.recorder.events
     assert http_request(event) == ("GET", "/health")
@@ -292,16 +292,11 @@ def test_serve_command_without_a_model_exits_with_a_message(tmp_path):
 @pytest.mark.slow
 def test_serve_command_answers_curl_like_requests(trained_model, tmp_path):
     """`python -m busi_classifier serve` as a user runs it, with the trained model."""
-    process = subprocess.Popen([sys.executable, "-m", "busi_classifier", "serve", "--port", "0",
-                                "--model", str(trained_model / "model.tflite")],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = ServeProcess([sys.executable, "-m", "busi_classifier", "serve", "--port", "0",
+                           "--model", str(trained_model / "model.tflite")], cwd=ROOT)
+    host, port = server.host, server.port
     try:
-        line = ""
-        while "serving" not in line:
-            line = process.stderr.readline()
-            assert line, "the server stopped before serving"
-        host, port = re.search(r"http://([\d.]+):(\d+)", line).groups()
-        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection = http.client.HTTPConnection(host, port, timeout=30)
         connection.request("POST", "/predict", body=PNG, headers={"Content-Type": "image/png"})
         response = connection.getresponse()
         assert response.status == 200
@@ -313,12 +308,7 @@ def test_serve_command_answers_curl_like_requests(trained_model, tmp_path):
         assert client.returncode == 0, client.stderr
         assert json.loads(client.stdout)["prediction"] in ("normal", "benign", "malignant")
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            out, err = process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, err = process.communicate()
+        out, err = server.stop()
     # readable by default: one short line per request on stderr, no JSON or EMF lines
     assert re.search(r"^POST /predict 200 (normal|benign|malignant) \(\d+ ms\)$", err, re.MULTILINE), err
     assert not any(line.startswith("{") for line in out.splitlines() + err.splitlines())

@@ -34,10 +34,16 @@ def history_of(out) -> dict:
 
 
 def test_pretrained_head_on_cached_features_then_gradual_unfreezing(synthetic_dir, weights_file, tmp_path):
+    """Also under mixed precision: the export is float32 whatever the training policy."""
+    import keras
+
     out = tmp_path / "run"
-    meta = run(synthetic_dir, out, "--weights", str(weights_file), "--epochs-head", "1", "--epochs-fine-tune", "1",
-               "--fine-tune-stages", "conv5_block1_1_conv,conv4_block1_1_conv", "--feature-views", "3",
-               "--augment", "all", "--lr-schedule", "plateau", "--early-stopping", "3")
+    try:
+        meta = run(synthetic_dir, out, "--weights", str(weights_file), "--epochs-head", "1", "--epochs-fine-tune",
+                   "1", "--fine-tune-stages", "conv5_block1_1_conv,conv4_block1_1_conv", "--feature-views", "3",
+                   "--augment", "all", "--lr-schedule", "plateau", "--early-stopping", "3", "--mixed-precision")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     assert history_of(out)["phase"] == ["1-head", "2-fine-tune-1", "2-fine-tune-2"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert "1-head features" in metrics["timings_s"]
@@ -47,18 +53,28 @@ def test_pretrained_head_on_cached_features_then_gradual_unfreezing(synthetic_di
     assert training["augment"] == ["flip", "rotate", "zoom", "brightness", "contrast", "speckle"]
     for name in ("training_curves.png", "confusion_matrix.png", "roc_curves.png", "reliability.png"):
         assert (out / name).stat().st_size > 5000, name
+    assert training["mixed_precision"] is True
+    # LiteRT loads the float32 export and it sums to one
+    from busi_classifier.serving.predictor import Predictor
+
+    p = Predictor(out / "model.tflite").predict_array(np.zeros((32, 32, 3), dtype=np.uint8))
+    assert p.shape == (3,) and p.sum() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_loss_schedule_selection_options_are_used_and_recorded(synthetic_dir, tmp_path):
+def test_loss_schedule_selection_and_strategy_options_are_used_and_recorded(synthetic_dir, tmp_path):
+    """One run with the non-default loss, schedule, selection and augmentation options and
+    MirroredStrategy: each is used and recorded. (Mixed precision runs in the pretrained
+    test: its dynamic loss scaling skips the first steps, which would move the schedule.)"""
     out = tmp_path / "run"
     meta = run(synthetic_dir, out, "--weights", "none", "--epochs-head", "2", "--epochs-fine-tune", "0",
                "--loss", "focal", "--focal-gamma", "1.5", "--label-smoothing", "0.1", "--lr-schedule", "cosine",
                "--warmup-epochs", "1", "--monitor", "val_macro_auc", "--no-class-weights", "--augment",
-               "flip,speckle", "--early-stopping", "0", "--no-deterministic")
+               "flip,speckle", "--early-stopping", "0", "--no-deterministic", "--distribute", "mirrored")
     t = meta["training"]
     assert (t["loss"], t["focal_gamma"], t["label_smoothing"], t["lr_schedule"], t["monitor"]) == (
         "focal", 1.5, 0.1, "cosine", "val_macro_auc")
     assert t["class_weights"] is False and t["augment"] == ["flip", "speckle"] and t["deterministic"] is False
+    assert t["distribute"] == "mirrored"
     history = history_of(out)
     assert len(history["loss"]) == 2 and "val_macro_auc" in history
     # cosine with one warm-up epoch: at the peak after epoch 1, decayed to 1 % of it at the end
@@ -73,49 +89,43 @@ def test_bad_option_is_a_clear_error(synthetic_dir, tmp_path, capsys):
     assert train_main(["--data", str(synthetic_dir), "--out", str(tmp_path), "--label-smoothing", "1.5"]) == 2
 
 
-def test_same_seed_gives_the_same_model(synthetic_dir, tmp_path):
-    args = ["--weights", "none", "--epochs-head", "1", "--epochs-fine-tune", "0", "--seed", "7"]
-    a = run(synthetic_dir, tmp_path / "a", *args)
-    b = run(synthetic_dir, tmp_path / "b", *args)
-    # model_version carries the SHA-256 of model.tflite: equal means byte-identical weights
-    assert a["model_version"] == b["model_version"]
-    assert (tmp_path / "a" / "split.csv").read_text() == (tmp_path / "b" / "split.csv").read_text()
+def test_same_seed_gives_the_same_model(synthetic_dir, trained_model, tmp_path):
+    """Training again with the session model's settings gives a byte-identical float32
+    model (model_version carries the SHA-256 of model.tflite) and the same split."""
+    from conftest import TRAINED_MODEL_ARGS
+
+    assert train_main(["--data", str(synthetic_dir), "--out", str(tmp_path / "again"), *TRAINED_MODEL_ARGS,
+                       "--variants", "float32"]) == 0
+    again = json.loads((tmp_path / "again" / "model.json").read_text())
+    first = json.loads((trained_model / "model.json").read_text())
+    assert again["model_version"] == first["model_version"]
+    assert (tmp_path / "again" / "split.csv").read_text() == (trained_model / "split.csv").read_text()
 
 
 def test_cached_features_give_the_same_head_as_running_the_base(synthetic_dir, weights_file, tmp_path):
     """Fast head training is an optimisation, not a different method: without
-    augmentation and with one view, the head trains to the same weights."""
+    augmentation and with one view, the head trains to the same weights. (The training
+    phases only: evaluation and export are the same code either way.)"""
     import keras
 
-    from busi_classifier.training.model import load_keras_model
+    from busi_classifier.cli import config_from_args, train_parser
+    from busi_classifier.training import loop
 
-    common = ["--weights", str(weights_file), "--epochs-head", "2", "--epochs-fine-tune", "0", "--augment", "none",
-              "--feature-views", "1", "--early-stopping", "0", "--lr-schedule", "constant"]
-    run(synthetic_dir, tmp_path / "cached", *common, "--cache-features")
-    run(synthetic_dir, tmp_path / "full", *common, "--no-cache-features")
-    heads = [load_keras_model(tmp_path / name / "model.keras").get_layer("probabilities").get_weights()
-             for name in ("cached", "full")]
+    common = ["--data", str(synthetic_dir), *TINY, "--weights", str(weights_file), "--epochs-head", "2",
+              "--epochs-fine-tune", "0", "--augment", "none", "--feature-views", "1", "--early-stopping", "0",
+              "--lr-schedule", "constant"]
+    heads, histories = [], []
+    for flag in ("--cache-features", "--no-cache-features"):
+        config = config_from_args(train_parser().parse_args([*common, "--out", str(tmp_path / flag), flag]))
+        data = loop.prepare_data(config, progress=False)
+        model, runner = loop.train_model(config, data, loop.configure_runtime(config), progress=False)
+        heads.append(model.get_layer("probabilities").get_weights())
+        histories.append(runner.history)
+        assert ("1-head features" in runner.timings) == (flag == "--cache-features")
     for a, b in zip(*heads, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-    h_cached, h_full = history_of(tmp_path / "cached"), history_of(tmp_path / "full")
-    np.testing.assert_allclose(h_cached["val_loss"], h_full["val_loss"], rtol=1e-3)
+    np.testing.assert_allclose(histories[0]["val_loss"], histories[1]["val_loss"], rtol=1e-3)
     keras.backend.clear_session()
-
-
-def test_mirrored_strategy_and_mixed_precision_run_on_cpu(synthetic_dir, tmp_path):
-    out = tmp_path / "run"
-    meta = run(synthetic_dir, out, "--weights", "none", "--epochs-head", "1", "--epochs-fine-tune", "0",
-               "--distribute", "mirrored", "--mixed-precision")
-    assert meta["training"]["distribute"] == "mirrored" and meta["training"]["mixed_precision"] is True
-    # the export is float32 whatever the training policy: LiteRT loads it and it sums to one
-    from busi_classifier.serving.predictor import Predictor
-
-    predictor = Predictor(out / "model.tflite")
-    p = predictor.predict_array(np.zeros((32, 32, 3), dtype=np.uint8))
-    assert p.shape == (3,) and p.sum() == pytest.approx(1.0, abs=1e-5)
-    import keras
-
-    keras.mixed_precision.set_global_policy("float32")
 
 
 def test_evaluate_command_reproduces_what_training_wrote(trained_model, capsys):

@@ -47,12 +47,51 @@ def test_agreement_evidence_by_hand():
     assert e["macro_f1_diff"] > 0
 
 
+def test_gate_evidence_is_train_and_val_with_augmented_views_never_a_test_image():
+    """The variant gates are measured on every train and val image and one augmented view
+    of each (capped), with the Keras model's probabilities as the reference; no test image
+    reaches them (the test split only reports)."""
+    from busi_classifier.config import TrainConfig
+    from busi_classifier.training import loop
+
+    rng = np.random.default_rng(0)
+    x = {name: rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8) for name, n in
+         (("train", 7), ("val", 3), ("test", 4))}
+    y = {name: np.arange(len(images)) % 3 for name, images in x.items()}
+    data = loop.PreparedData(None, [], None, {}, x, y)
+
+    class RecordingModel:
+        def predict(self, images, batch_size=None, verbose=0):
+            self.seen = np.asarray(images)
+            return {"probabilities": np.tile([0.2, 0.3, 0.5], (len(images), 1)),
+                    "class_maps": np.ones((len(images), 2, 2, 3))}
+
+    model = RecordingModel()
+    gate = loop.gate_evidence(model, data, TrainConfig(data_dir="d", out_dir="o", image_size=16))
+    assert len(gate.images) == 2 * 10 and gate.images.dtype == np.uint8
+    np.testing.assert_array_equal(model.seen, gate.images.astype("float32"))
+    originals = {img.tobytes() for img in np.concatenate([x["train"], x["val"]])}
+    assert sum(img.tobytes() in originals for img in gate.images) == 10  # the other 10 are augmented views
+    assert not {img.tobytes() for img in x["test"]} & {img.tobytes() for img in gate.images}
+    np.testing.assert_array_equal(gate.labels, np.concatenate([y["train"], y["val"]] * 2))
+    assert "no test image" in gate.description and gate.reference_maps.shape == (20, 2, 2, 3)
+    # capped: a large dataset costs at most GATE_MAX_IMAGES predictions per variant
+    big = loop.PreparedData(None, [], None, {}, {**x, "train": np.zeros((loop.GATE_MAX_IMAGES, 16, 16, 3), np.uint8),
+                                                 "val": x["val"]},
+                            {**y, "train": np.zeros(loop.GATE_MAX_IMAGES, int)})
+    assert len(loop.gate_evidence(model, big, TrainConfig(data_dir="d", out_dir="o", image_size=16)).images) == (
+        loop.GATE_MAX_IMAGES)
+
+
 @pytest.mark.slow
-def test_every_variant_loads_with_the_pinned_litert_and_its_evidence_holds(trained_model, synthetic_dir):
+def test_every_variant_loads_with_the_pinned_litert_and_the_served_metrics_are_its_own(trained_model, synthetic_dir):
+    """model.json's headline is the served file's own test metrics (with group-aware
+    intervals and model.json's temperature), recomputed here from LiteRT's output; the
+    Keras model's are beside them."""
     from busi_classifier.data.dataset import load_images
-    from busi_classifier.evaluation.scoring import read_split
+    from busi_classifier.evaluation.metrics import evaluate_predictions
+    from busi_classifier.evaluation.scoring import read_split_with_groups
     from busi_classifier.serving.predictor import Predictor
-    from busi_classifier.training.model import load_keras_model
 
     pinned = next(line.split("==")[1].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
                   if line.startswith("ai-edge-litert=="))
@@ -61,23 +100,29 @@ def test_every_variant_loads_with_the_pinned_litert_and_its_evidence_holds(train
     assert set(meta["variants"]) == set(VARIANT_FILES)
     sizes = {name: v["bytes"] for name, v in meta["variants"].items()}
     assert sizes["float16"] < 0.6 * sizes["float32"] and sizes["int8_dynamic"] < 0.35 * sizes["float32"]
-    samples = read_split(trained_model / "split.csv", synthetic_dir, "test")
+    samples, groups = read_split_with_groups(trained_model / "split.csv", synthetic_dir, "test")
     images = load_images(samples, TEST_IMAGE_SIZE, progress=False)
     labels = np.array([s.label_index for s in samples])
-    reference = load_keras_model(trained_model / "model.keras").predict(images.astype("float32"), verbose=0)
     for name, entry in meta["variants"].items():
         predictor = Predictor(trained_model, num_threads=1, variant=name)
         assert predictor.variant == name and predictor.model_path.name == entry["file"]
         probabilities = np.stack([predictor.predict_array(image, calibrated=False) for image in images])
         assert np.allclose(probabilities.sum(1), 1.0, atol=1e-4)
-        recomputed = agreement_evidence(reference, probabilities, labels)
-        assert recomputed["top1_agreement"] == pytest.approx(entry["evidence"]["top1_agreement"])
-        assert recomputed["max_probability_diff"] == pytest.approx(entry["evidence"]["max_probability_diff"], abs=1e-5)
     # the lossless-enough variants pass their gates on any model; float16 is nearly exact
     for name in ("float32", "float16"):
         assert passes_gates(meta["variants"][name]["evidence"]), name
     assert meta["variants"]["float16"]["evidence"]["max_probability_diff"] < 1e-2
     assert meta["default_variant"] == choose_default(meta["variants"])[0]
+    served = meta["metrics"]["served"]
+    assert served["variant"] == meta["default_variant"] and served["file"] == VARIANT_FILES[served["variant"]]
+    raw = Predictor(trained_model).raw_probabilities(images)
+    again = evaluate_predictions(labels, raw, meta["calibration"]["temperature"],
+                                 meta["training"]["bootstrap_resamples"], meta["training"]["seed"], groups=groups)
+    for key in ("n", "accuracy", "macro_f1", "ece", "bootstrap_units"):
+        assert served["test"][key] == pytest.approx(again[key], abs=1e-6), key
+    assert served["test"]["ci95"]["accuracy"] == pytest.approx(again["ci95"]["accuracy"], abs=1e-6)
+    assert served["test"]["bootstrap_unit"] == "near-duplicate group"
+    assert meta["metrics"]["keras"]["test"]["n"] == len(labels)
 
 
 def test_model_folder_serves_the_default_variant_and_model_variant_overrides(trained_model, monkeypatch):
@@ -125,8 +170,12 @@ def test_every_variant_answers_through_the_handler(trained_model, synthetic_dir,
         sys.modules.pop("lambda_function", None)
 
 
-def test_split_csv_test_rows_match_the_evidence_size(trained_model):
+def test_gate_evidence_size_is_train_plus_val_and_their_views(trained_model):
+    from busi_classifier.training.loop import GATE_MAX_IMAGES
+
     meta = json.loads((trained_model / "model.json").read_text())
     with open(trained_model / "split.csv") as handle:
-        n_test = sum(row["split"] == "test" for row in csv.DictReader(handle))
-    assert all(v["evidence"]["n"] == n_test for v in meta["variants"].values())
+        n_fit = sum(row["split"] in ("train", "val") for row in csv.DictReader(handle))
+    expected = min(2 * n_fit, GATE_MAX_IMAGES)
+    assert all(v["evidence"]["n"] == expected for v in meta["variants"].values())
+    assert "no test image" in meta["variant_rule"]["evidence_split"]

@@ -53,7 +53,7 @@ def training_curves(history: dict, best_epoch: int | None, path: Path) -> Path:
     return _save(fig, path, title)
 
 
-def confusion_matrix_figure(metrics: dict, path: Path, split: str = "test") -> Path:
+def confusion_matrix_figure(metrics: dict, path: Path, split: str = "test", model: str = "") -> Path:
     cm = np.array(metrics["confusion_matrix"]["rows_true_cols_pred"])
     labels = metrics["confusion_matrix"]["labels"]
     fig, axes = _figure(1, 2, (9.5, 4))
@@ -71,12 +71,12 @@ def confusion_matrix_figure(metrics: dict, path: Path, split: str = "test") -> P
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title, fontsize=9)
-    title = f"Confusion matrix, {split} split (n={int(cm.sum())})"
+    title = f"Confusion matrix, {_where(split, model)} (n={int(cm.sum())})"
     fig.suptitle(title, fontsize=10)
     return _save(fig, path, title)
 
 
-def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, path: Path, split: str = "test") -> Path:
+def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, path: Path, split: str = "test", model: str = "") -> Path:
     fig, axes = _figure(1, 1, (4.8, 4.4))
     ax = axes[0][0]
     for i, label in enumerate(CLASSES):
@@ -90,14 +90,14 @@ def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, path: Path, split:
     ax.axvline(0.1, color="#d62728", linestyle="--", linewidth=0.8, alpha=0.5, label="90 % specificity")
     ax.set_xlabel("1 - specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
-    title = f"ROC curves, one class vs the rest ({split} split)"
+    title = f"ROC curves, one class vs the rest ({_where(split, model)})"
     ax.set_title(title)
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     return _save(fig, path, title)
 
 
 def reliability_figure(y_true: np.ndarray, probabilities: np.ndarray, temperature: float, path: Path,
-                       split: str = "test") -> Path:
+                       split: str = "test", model: str = "") -> Path:
     fig, axes = _figure(1, 1, (4.8, 4.4))
     ax = axes[0][0]
     ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle=":", label="perfect calibration")
@@ -111,30 +111,36 @@ def reliability_figure(y_true: np.ndarray, probabilities: np.ndarray, temperatur
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    title = f"Reliability diagram ({split} split)"
+    title = f"Reliability diagram ({_where(split, model)})"
     ax.set_title(title)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     return _save(fig, path, title)
 
 
+def _where(split: str, model: str) -> str:
+    return f"{split} split" + (f", {model}" if model else "")
+
+
 def write_evaluation_figures(metrics: dict, y_true: np.ndarray, raw_probabilities: np.ndarray, temperature: float,
-                             out_dir: Path, prefix: str = "", split: str = "test") -> dict[str, Path]:
+                             out_dir: Path, prefix: str = "", split: str = "test", model: str = "") -> dict[str, Path]:
     """Confusion matrix, ROC curves and reliability diagram of one split; each title
-    names ``split``. Returns {figure name: path}."""
+    names ``split`` (and ``model``, the file scored). Returns {figure name: path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     calibrated = apply_temperature(raw_probabilities, temperature)
     return {
-        "confusion matrix": confusion_matrix_figure(metrics, out_dir / f"{prefix}confusion_matrix.png", split),
-        "ROC curves": roc_figure(y_true, calibrated, out_dir / f"{prefix}roc_curves.png", split),
+        "confusion matrix": confusion_matrix_figure(metrics, out_dir / f"{prefix}confusion_matrix.png", split, model),
+        "ROC curves": roc_figure(y_true, calibrated, out_dir / f"{prefix}roc_curves.png", split, model),
         "reliability": reliability_figure(y_true, raw_probabilities, temperature,
-                                          out_dir / f"{prefix}reliability.png", split),
+                                          out_dir / f"{prefix}reliability.png", split, model),
     }
 
 
 def write_training_figures(history: dict, metrics: dict, y_true: np.ndarray, raw_probabilities: np.ndarray,
-                           temperature: float, out_dir: Path) -> dict[str, Path]:
+                           temperature: float, out_dir: Path, model: str = "",
+                           best_epoch: int | None = None) -> dict[str, Path]:
+    """Training curves, and the test figures of ``model`` (the served file)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return {
-        "training curves": training_curves(history, metrics.get("best_epoch"), out_dir / "training_curves.png"),
-        **write_evaluation_figures(metrics, y_true, raw_probabilities, temperature, out_dir),
+        "training curves": training_curves(history, best_epoch, out_dir / "training_curves.png"),
+        **write_evaluation_figures(metrics, y_true, raw_probabilities, temperature, out_dir, model=model),
     }

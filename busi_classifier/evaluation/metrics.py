@@ -9,7 +9,7 @@ No scikit-learn: the functions are short and tested against hand-computed cases.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -184,6 +184,19 @@ def point_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes=CLASSES
     }
 
 
+def resample_units(groups: Sequence | None, n: int) -> list[np.ndarray]:
+    """The units a bootstrap draws: one per image, or with ``groups`` (one id per image,
+    e.g. the near-duplicate group from split.csv) one per group, holding its images."""
+    if groups is None:
+        return [np.array([i]) for i in range(n)]
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group ids for {n} images")
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    return [np.array(m) for m in members.values()]
+
+
 def bootstrap_intervals(
     y_true: np.ndarray,
     probabilities: np.ndarray,
@@ -192,17 +205,23 @@ def bootstrap_intervals(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: Sequence | None = None,
 ) -> dict:
-    """Percentile bootstrap intervals (resampling images with replacement) for ``keys``.
-    A resample where a metric is undefined (e.g. no malignant image drawn) is skipped
-    for that metric."""
+    """Percentile bootstrap intervals for ``keys``.
+
+    Without ``groups`` images are resampled with replacement. With ``groups`` whole
+    groups are (a cluster bootstrap): near-duplicates of one frame are not independent
+    evidence, and resampling them one by one makes the interval too narrow. A resample
+    where a metric is undefined (e.g. no malignant image drawn) is skipped for that
+    metric."""
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.asarray(probabilities)
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {k: [] for k in keys}
-    n = len(y_true)
+    units = resample_units(groups, len(y_true))
     for _ in range(n_resamples):
-        idx = rng.integers(0, n, size=n)
+        picked = rng.integers(0, len(units), size=len(units))
+        idx = np.concatenate([units[j] for j in picked]) if units else np.array([], dtype=int)
         m = metric(y_true[idx], probabilities[idx])
         for k in keys:
             if m.get(k) is not None:
@@ -221,9 +240,11 @@ def evaluate_predictions(
     n_resamples: int = 1000,
     seed: int = 0,
     classes=CLASSES,
+    groups: Sequence | None = None,
 ) -> dict:
     """Full evaluation of one split: point metrics of the calibrated probabilities with
-    bootstrap 95 % intervals, the reliability table, and the uncalibrated ECE/NLL."""
+    bootstrap 95 % intervals (whole near-duplicate groups resampled when ``groups`` is
+    given), the reliability table, and the uncalibrated ECE/NLL."""
     raw = np.asarray(probabilities, dtype=np.float64)
     calibrated = apply_temperature(raw, temperature) if temperature != 1.0 else raw
     metrics = point_metrics(y_true, calibrated, classes)
@@ -231,8 +252,10 @@ def evaluate_predictions(
     metrics["uncalibrated"] = {"ece": reliability(y_true, raw)["ece"], "nll": negative_log_likelihood(y_true, raw)}
     metrics["reliability"] = reliability(y_true, calibrated)["bins"]
     metrics["ci95"] = bootstrap_intervals(y_true, calibrated, lambda a, b: point_metrics(a, b, classes),
-                                          n_resamples=n_resamples, seed=seed)
+                                          n_resamples=n_resamples, seed=seed, groups=groups)
     metrics["bootstrap_resamples"] = n_resamples
+    metrics["bootstrap_unit"] = "image" if groups is None else "near-duplicate group"
+    metrics["bootstrap_units"] = len(resample_units(groups, metrics["n"]))
     return metrics
 
 

@@ -23,13 +23,19 @@ from busi_classifier.serving.predictor import ModelLoadError
 
 def read_split(split_csv: Path, data_dir: Path, subset: str) -> list[Sample]:
     """The samples of one split of split.csv (paths relative to ``data_dir``)."""
+    return read_split_with_groups(split_csv, data_dir, subset)[0]
+
+
+def read_split_with_groups(split_csv: Path, data_dir: Path, subset: str) -> tuple[list[Sample], list[str]]:
+    """(samples, near-duplicate group of each) of one split of split.csv. A row with no
+    group (a split.csv from before groups were written) is a group of its own."""
     if not split_csv.is_file():
         raise DatasetError(f"split file not found: {split_csv}")
     with open(split_csv, newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("split") == subset]
     if not rows:
         raise DatasetError(f"no rows with split {subset!r} in {split_csv}")
-    samples = []
+    samples, groups = [], []
     for row in rows:
         path = data_dir / row["path"]
         if not path.is_file():
@@ -37,7 +43,8 @@ def read_split(split_csv: Path, data_dir: Path, subset: str) -> list[Sample]:
         if row["label"] not in CLASSES:
             raise DatasetError(f"unknown label {row['label']!r} for {row['path']} in {split_csv}")
         samples.append(Sample(path=path.resolve(), label=row["label"]))
-    return samples
+        groups.append(row.get("group") or f"image:{row['path']}")
+    return samples, groups
 
 
 def predict_raw(model_path: Path, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -47,9 +54,17 @@ def predict_raw(model_path: Path, images: np.ndarray, batch_size: int = 16) -> n
 
         model = load_keras_model(model_path)
         return model.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
+    return _predictor(model_path).raw_probabilities(images)
+
+
+def _predictor(model_path: Path):
+    """A LiteRT predictor, without LiteRT's "INFO: Created TensorFlow Lite XNNPACK
+    delegate" line on the console."""
+    from busi_classifier.cli import native_stderr_silenced
     from busi_classifier.serving.predictor import Predictor
 
-    return Predictor(model_path).raw_probabilities(images)
+    with native_stderr_silenced():
+        return Predictor(model_path)
 
 
 def evaluate_model(model_path: str | Path, data_dir: str | Path | None = None, split_csv: str | Path | None = None,
@@ -65,7 +80,7 @@ def evaluate_model(model_path: str | Path, data_dir: str | Path | None = None, s
     training = card.training
     data_dir = Path(data_dir or card.dataset.get("root", ""))
     split_csv = Path(split_csv) if split_csv else model_path.with_name("split.csv")
-    samples = read_split(split_csv, data_dir, subset)
+    samples, groups = read_split_with_groups(split_csv, data_dir, subset)
     images = load_images(samples, card.input.size, progress)
     y = np.array([s.label_index for s in samples])
     raw = predict_raw(model_path, images, int(training.get("batch_size", 16)))
@@ -74,10 +89,31 @@ def evaluate_model(model_path: str | Path, data_dir: str | Path | None = None, s
         y, raw, temperature,
         n_resamples=bootstrap if bootstrap is not None else int(training.get("bootstrap_resamples", 1000)),
         seed=seed if seed is not None else int(training.get("seed", 0)),
+        groups=groups,
     )
     metrics.update({"model": str(model_path), "model_version": card.model_version, "subset": subset,
                     "split_file": str(split_csv)})
+    if model_path.suffix == ".tflite":
+        localisation = localise(model_path, samples, data_dir, images, groups, card.input.size,
+                                metrics["bootstrap_resamples"], seed if seed is not None else int(training.get("seed", 0)))
+        if localisation is not None:
+            metrics["localisation"] = localisation
     return metrics, y, raw
+
+
+def localise(model_path: Path, samples: list[Sample], data_dir: Path, images: np.ndarray, groups: list,
+             size: int, n_resamples: int, seed: int) -> dict | None:
+    """The class maps of a .tflite model against the lesion masks of ``samples`` (pointing
+    game and energy inside, with the centre baseline); None when the model has no maps."""
+    from busi_classifier.data.dataset import read_dataset
+    from busi_classifier.evaluation.localisation import mask_for_input, served_localisation
+    predictor = _predictor(model_path)
+    if not predictor.has_maps:
+        return None
+    masks_of = {s.path.resolve(): s.masks for s in read_dataset(data_dir)}
+    masks = [mask_for_input(masks_of.get(s.path, []), size) for s in samples]
+    raw, maps = predictor.raw_outputs(images)
+    return served_localisation(maps, raw, masks, groups, n_resamples, seed)
 
 
 def resolve_model_argument(model: str | Path, variant: str | None = None) -> Path:
@@ -89,9 +125,9 @@ def resolve_model_argument(model: str | Path, variant: str | None = None) -> Pat
         if variant is not None:
             raise ModelLoadError(f"--variant {variant} needs a model folder, not the file {path}")
         return path
-    from busi_classifier.serving.predictor import Predictor
+    from busi_classifier.serving.predictor import resolve_model_file
 
-    return Path(Predictor(path, variant=variant).model_path)
+    return resolve_model_file(path, ModelCard.read(path), variant)[0]
 
 
 def main(argv=None) -> int:
@@ -139,6 +175,13 @@ def main(argv=None) -> int:
     print(f"{model_path}, {args.subset} split, n={metrics['n']}: accuracy {metrics['accuracy']:.3f} "
           f"{_ci(ci['accuracy'])}, macro-F1 {metrics['macro_f1']:.3f} {_ci(ci['macro_f1'])}, macro AUC "
           f"{_fmt(metrics['macro_auc'])} {_ci(ci['macro_auc'])}, ECE {metrics['ece']:.3f} -> {out / (name + '.json')}")
+    if "localisation" in metrics:
+        report = metrics["localisation"]["dilate_1"]
+        pointing, energy = report["pointing_game"], report["energy_inside"]
+        if report["n"]:
+            print(f"class maps on {report['n']} images with a lesion: pointing game {pointing['model']:.3f} "
+                  f"{_ci(pointing['model_ci95'])} (centre baseline {pointing['centre_baseline']:.3f}), energy "
+                  f"inside {energy['model']:.3f} (centre baseline {energy['centre_baseline']:.3f})")
     return 0
 
 

@@ -27,7 +27,10 @@ def invoke_main(argv) -> int:
 
     # the answers are printed for a person: readable log lines, warnings only, no metric lines
     settings = dataclasses.replace(local_settings(args.model), log_level="WARNING", emf_metrics=False)
-    handler = make_handler(settings)
+    from busi_classifier.cli import native_stderr_silenced
+
+    with native_stderr_silenced():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        handler = make_handler(settings)
     if handler.predictor is None:
         print(f"error: {handler.load_error}", file=sys.stderr)
         return 1

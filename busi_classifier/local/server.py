@@ -17,6 +17,10 @@ are read. One request runs the model at a time (a Lambda instance serves one req
 at a time too); reading bodies and writing answers happen in parallel. The console shows
 one short line per request; ``--json-logs`` prints the function's JSON log and EMF lines
 instead.
+
+``GET /`` (and ``/index.html``, ``/app.js``, ``/style.css``) answers the page in
+``static/`` (docs/page.md) without going through the handler; every other request goes
+to the handler.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from busi_classifier.serving.api import MAX_BODY_BYTES, make_handler
@@ -44,6 +49,17 @@ MAX_SIZE_DIGITS = 16  # a Content-Length or chunk size longer than this is refus
 DEFAULT_MODEL = "artifacts/model"
 HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+# The page (GET /): request path -> file in STATIC_DIR, and the media type of each suffix
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8"}
+STATIC_HEADERS = [
+    ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
+    # the page's own script and style only; it may call any API (?api=)
+    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                                "connect-src *; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+]
 
 
 def parse_content_length(text: str) -> int | None:
@@ -278,7 +294,27 @@ class LambdaRequestHandler(BaseHTTPRequestHandler):
         self.server.say(f"{self.command} {self.path[:200]} {status} {summary(data)} "
                         f"({(time.perf_counter() - started) * 1000:.0f} ms)", request=True)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _forward
+    def _get(self) -> None:
+        """GET and HEAD: the page's files are answered here, anything else by the handler."""
+        name = STATIC_FILES.get(urlsplit(self.path).path)
+        if name is None:
+            self._forward()
+            return
+        started = time.perf_counter()
+        if self._read_body() is None:
+            return
+        try:
+            status, data = 200, (STATIC_DIR / name).read_bytes()
+            headers = [("Content-Type", STATIC_TYPES[Path(name).suffix]), *STATIC_HEADERS]
+        except OSError:
+            status, headers = 500, [("Content-Type", "application/json")]
+            data = _error_json("internal_error", f"the page is not installed ({name} is missing)")
+        self._send(status, headers, data)
+        self.server.say(f"{self.command} {self.path[:200]} {status} page "
+                        f"({(time.perf_counter() - started) * 1000:.0f} ms)", request=True)
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _forward
+    do_GET = do_HEAD = _get
 
 
 class LambdaHTTPServer(ThreadingHTTPServer):
@@ -366,8 +402,9 @@ def serve_main(argv=None) -> int:
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"serving {settings.model_path} ({handler.predictor.variant}) on {server.url} (POST /predict, GET /health; "
-          f"{args.event_format} events); Ctrl-C stops", file=sys.stderr, flush=True)
+    print(f"serving {settings.model_path} ({handler.predictor.variant}) on {server.url} (the page: open "
+          f"{server.url}/ in a browser; POST /predict, GET /health; {args.event_format} events); Ctrl-C stops",
+          file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

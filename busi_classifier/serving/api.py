@@ -50,6 +50,8 @@ MAX_URL_CHARS = 2048
 JSON_HEADERS = {"Content-Type": "application/json"}
 CORS_HEADERS = "Content-Type,X-Api-Key"
 PREDICTION_KEYS = ("image", "images", "url")
+EXPLAIN_KEY = "explain"
+QUERY_TRUE, QUERY_FALSE = ("1", "true", "yes"), ("0", "false", "no")  # exactly these (openapi.yaml's enum)
 MODEL_UNAVAILABLE = "the model is not loaded on this function; check MODEL_PATH and model.json (the logs say why)"
 
 # --- the error table: code -> (status, the fixed sentence the caller gets) -------------
@@ -71,6 +73,8 @@ ERRORS: dict[str, tuple[int, str]] = {
                                "bytes of image, about 4.4 MB)"),
     "image_too_large": (413, "the image has too many pixels; the limit is {limit} pixels"),
     "internal_error": (500, "the model could not process this request"),
+    "explain_unavailable": (501, "this model was exported without class activation maps: re-export it with this "
+                                 "version to use explain, or leave explain out"),
     "model_unavailable": (503, MODEL_UNAVAILABLE),
 }
 
@@ -253,6 +257,27 @@ def parse_json_payload(text: str | bytes) -> object:
         raise RequestError("invalid_json") from None
 
 
+def explain_flag(payload: dict) -> bool:
+    """``"explain": true`` in a JSON request (absent: false); anything but a boolean is refused."""
+    value = payload.get(EXPLAIN_KEY, False)
+    if not isinstance(value, bool):
+        raise RequestError("invalid_request", '"explain" must be a JSON boolean (true or false)')
+    return value
+
+
+def explain_query(event: dict) -> bool:
+    """``?explain=1`` (or true/yes; 0/false/no) on an API Gateway request."""
+    params = event.get("queryStringParameters") or {}
+    if not isinstance(params, dict) or EXPLAIN_KEY not in params:
+        return False
+    value = params[EXPLAIN_KEY]
+    if value in QUERY_TRUE:
+        return True
+    if value in QUERY_FALSE:
+        return False
+    raise RequestError("invalid_request", "the explain query parameter must be 1 or 0 (true or false)")
+
+
 def images_from_payload(payload: object, settings: ServingSettings) -> tuple[list[bytes], bool]:
     """(image bytes, is_batch) from ``{"image": b64}``, ``{"images": [b64, ...]}`` or
     ``{"url": "https://..."}``."""
@@ -309,7 +334,10 @@ def is_base64_encoded(event: dict) -> bool:
     return flag
 
 
-def images_from_http_body(event: dict, settings: ServingSettings) -> tuple[list[bytes], bool]:
+def images_from_http_body(event: dict, settings: ServingSettings) -> tuple[list[bytes], bool, bool]:
+    """(image bytes, is_batch, explain) of an API Gateway request: explain from the JSON
+    body's "explain" or the query string's ``explain``."""
+    explain = explain_query(event)
     body = event.get("body")
     encoded = is_base64_encoded(event)
     if body is None or body == "":
@@ -322,22 +350,31 @@ def images_from_http_body(event: dict, settings: ServingSettings) -> tuple[list[
         raw = decode_base64(body, "body", MAX_BODY_BYTES)
         content_type = _header(event, "content-type").lower()
         if content_type.startswith("application/json") or (not content_type.startswith("image/") and raw.lstrip()[:1] == b"{"):
-            return images_from_payload(parse_json_payload(raw), settings)
+            return _json_request(parse_json_payload(raw), settings, explain)
         if len(raw) > MAX_IMAGE_BYTES:
             raise RequestError("payload_too_large", limit=MAX_IMAGE_BYTES)
-        return [raw], False
-    return images_from_payload(parse_json_payload(body), settings)
+        return [raw], False, explain
+    return _json_request(parse_json_payload(body), settings, explain)
+
+
+def _json_request(payload: object, settings: ServingSettings, explain: bool = False) -> tuple[list[bytes], bool, bool]:
+    images, batch = images_from_payload(payload, settings)
+    flag = explain_flag(payload)  # checked even when the query string already asks for it
+    return images, batch, explain or flag
 
 
 # --- routes -----------------------------------------------------------------------
 
-def predict_images(function: Function, request: Request, images: list[bytes], batch: bool) -> dict:
+def predict_images(function: Function, request: Request, images: list[bytes], batch: bool,
+                   explain: bool = False) -> dict:
     request.images = images
     predictor = function.predictor
+    if explain and not getattr(predictor, "has_maps", False):
+        raise RequestError("explain_unavailable")
     results = []
     for i, data in enumerate(images):
         try:
-            results.append(predictor.predict_bytes(data))
+            results.append(predictor.predict_bytes(data, explain=True) if explain else predictor.predict_bytes(data))
         except Exception as exc:
             answer = app.error_for(exc)
             if answer is None:
@@ -356,11 +393,12 @@ def predict(function: Function, request: Request) -> dict:
 @app.get("/health")
 def health(function: Function, request: Request) -> dict:
     predictor = function.predictor
-    return {"status": "ok", "model_version": predictor.model_version, "classes": list(predictor.classes)}
+    return {"status": "ok", "model_version": predictor.model_version, "classes": list(predictor.classes),
+            "explain": bool(getattr(predictor, "has_maps", False))}
 
 
 def direct(function: Function, request: Request) -> dict:
-    return predict_images(function, request, *images_from_payload(request.event, function.settings))
+    return predict_images(function, request, *_json_request(request.event, function.settings))
 
 
 def preflight(function: Function, request: Request) -> Answer:

@@ -31,7 +31,10 @@ from .constants import (
     SIXTEEN_BIT_DIVISOR,
 )
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Older versions this code still reads, and what each lacks. 2: no class-map output
+# ("explain" is read as null: the model answers without explanations).
+READABLE_VERSIONS = {2: {"explain": None}}
 CARD_FILE = "model.json"
 SCHEMA_ID = "https://github.com/busi-classifier/schemas/model.schema.json"
 
@@ -81,7 +84,14 @@ class VariantEntry:
     bytes: int
     sha256: str
     latency_ms: float | None  # median LiteRT invoke at export; null without evaluation data
-    evidence: dict | None  # agreement with the Keras model on the test split; null without evaluation data
+    evidence: dict | None  # agreement with the Keras model on the gate images (train+val, never test); null without them
+
+
+@dataclass(frozen=True)
+class ExplainSpec:
+    output: str  # the TFLite output holding the class activation maps
+    shape: list[int]  # [1, h, w, number of classes]
+    method: str
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,7 @@ class Calibration:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """model.json, format_version 2."""
+    """model.json, format_version 3 (2 is read too: see READABLE_VERSIONS)."""
 
     format_version: int
     name: str
@@ -101,6 +111,7 @@ class ModelCard:
     classes: list[str]
     input: InputSpec
     output: OutputSpec
+    explain: ExplainSpec | None  # the class-map output; null: the model has none
     preprocessing: dict
     variants: dict[str, VariantEntry]
     default_variant: str
@@ -114,7 +125,7 @@ class ModelCard:
     packages: dict
 
     def __post_init__(self) -> None:
-        if self.format_version != FORMAT_VERSION:
+        if self.format_version != FORMAT_VERSION and self.format_version not in READABLE_VERSIONS:
             raise ModelLoadError(f"model.json: format_version {self.format_version} is not {FORMAT_VERSION}")
         if not self.classes or len(set(self.classes)) != len(self.classes):
             raise ModelLoadError("model.json: field 'classes' must list distinct class names")
@@ -128,6 +139,9 @@ class ModelCard:
             raise ModelLoadError("model.json: field 'input.shape' must be [1, size, size, 3]")
         if list(self.output.shape) != [1, len(self.classes)]:
             raise ModelLoadError("model.json: field 'output.shape' must be [1, number of classes]")
+        if self.explain is not None and (len(self.explain.shape) != 4 or self.explain.shape[0] != 1
+                                         or self.explain.shape[3] != len(self.classes)):
+            raise ModelLoadError("model.json: field 'explain.shape' must be [1, h, w, number of classes]")
 
     # --- reading ------------------------------------------------------------------
 
@@ -140,9 +154,15 @@ class ModelCard:
                 "model.json has no format_version: it was written by an older busi_classifier; "
                 "re-export the model (train again with `python train.py ...`) to get a current model.json")
         version = data["format_version"]
-        if version != FORMAT_VERSION:
+        if version in READABLE_VERSIONS and not isinstance(version, bool):
+            for name, value in READABLE_VERSIONS[version].items():
+                if name in data:
+                    raise ModelLoadError(f"model.json: unknown field {name!r} (not in format_version {version})")
+                data = {**data, name: value}
+        elif version != FORMAT_VERSION or isinstance(version, bool):
+            readable = ", ".join(str(v) for v in sorted({FORMAT_VERSION, *READABLE_VERSIONS}))
             raise ModelLoadError(f"model.json has format_version {version!r}; this busi_classifier reads "
-                                 f"format_version {FORMAT_VERSION} only: re-export the model with this version")
+                                 f"format_version {readable}: re-export the model with this version")
         return _build(cls, data, "")
 
     @classmethod

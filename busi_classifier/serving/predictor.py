@@ -10,7 +10,11 @@ import numpy as np
 from .card import ModelCard, ModelLoadError
 from .decode import decode_image
 
-__all__ = ["ModelLoadError", "Predictor", "apply_temperature", "available_cpus", "resolve_model_file"]
+__all__ = ["ExplainUnavailableError", "ModelLoadError", "Predictor", "apply_temperature", "available_cpus", "resolve_model_file"]
+
+
+class ExplainUnavailableError(RuntimeError):
+    """An explanation was asked of a model exported without the class-map output."""
 
 
 def available_cpus() -> int:
@@ -104,18 +108,58 @@ class Predictor:
         except Exception as exc:
             raise ModelLoadError(f"LiteRT could not load {self.model_path}: {exc}") from None
         self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
+        outputs = self.interpreter.get_output_details()
+        # by shape, not position: the converter orders a two-output model's outputs by name
+        n_classes = len(self.classes)
+        probabilities = [o for o in outputs if list(o["shape"]) == [1, n_classes]]
+        maps = [o for o in outputs if len(o["shape"]) == 4 and int(o["shape"][-1]) == n_classes]
+        if len(probabilities) != 1 or len(outputs) != 1 + len(maps) or len(maps) > 1:
+            raise ModelLoadError(f"{self.model_path.name}: expected an output of shape [1, {n_classes}] (and "
+                                 f"optionally class maps [1, h, w, {n_classes}]), got "
+                                 f"{[list(o['shape']) for o in outputs]}")
+        self._output = probabilities[0]
+        self._maps = maps[0] if maps else None
+        if self.card is not None and self.card.explain is not None and self._maps is None:
+            raise ModelLoadError(f"model.json says the model has class maps, but {self.model_path.name} has no "
+                                 "such output")
         expected = [1, self.image_size, self.image_size, 3]
         if list(self._input["shape"]) != expected:
             raise ModelLoadError(f"model input shape {list(self._input['shape'])} does not match model.json {expected}")
         self._buffer = np.empty(expected, dtype=self._input["dtype"])
 
-    def predict_array(self, image: np.ndarray, calibrated: bool = True) -> np.ndarray:
-        """Probabilities for one preprocessed uint8 image (size, size, 3), temperature-
-        scaled unless ``calibrated`` is False."""
+    @property
+    def has_maps(self) -> bool:
+        """Whether the model's second output holds the class activation maps."""
+        return self._maps is not None
+
+    def _invoke(self, image: np.ndarray) -> None:
         self._buffer[0] = image
         self.interpreter.set_tensor(self._input["index"], self._buffer)
         self.interpreter.invoke()
+
+    def predict_array(self, image: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Probabilities for one preprocessed uint8 image (size, size, 3), temperature-
+        scaled unless ``calibrated`` is False."""
+        self._invoke(image)
+        return self._probabilities(calibrated)
+
+    def predict_with_maps(self, image: np.ndarray, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, class maps (h, w, classes)) from one invoke; the maps are the
+        raw activation maps (see serving/explain.py)."""
+        if self._maps is None:
+            raise ExplainUnavailableError(f"{self.model_path.name} has no class-map output")
+        self._invoke(image)
+        maps = np.array(self.interpreter.get_tensor(self._maps["index"])[0], dtype=np.float64)
+        return self._probabilities(calibrated), maps
+
+    def raw_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(uncalibrated probabilities, class maps), one row per preprocessed image."""
+        pairs = [self.predict_with_maps(image, calibrated=False) for image in images]
+        if not pairs:
+            return np.zeros((0, len(self.classes))), np.zeros((0, 1, 1, len(self.classes)))
+        return np.stack([p for p, _ in pairs]), np.stack([m for _, m in pairs])
+
+    def _probabilities(self, calibrated: bool) -> np.ndarray:
         raw = np.array(self.interpreter.get_tensor(self._output["index"])[0], dtype=np.float64)
         total = raw.sum()
         if total > 0:  # a full-integer model's softmax comes in steps of 1/256 and sums only nearly to 1
@@ -128,10 +172,21 @@ class Predictor:
             return np.zeros((0, len(self.classes)))
         return np.stack([self.predict_array(image, calibrated=False) for image in images])
 
-    def predict_bytes(self, data: bytes) -> dict:
-        """Prediction for image bytes: the answer the API returns for one image."""
-        probabilities = self.predict_array(decode_image(data, self.image_size))
-        return {
-            "prediction": self.classes[int(np.argmax(probabilities))],
+    def predict_bytes(self, data: bytes, explain: bool = False) -> dict:
+        """Prediction for image bytes: the answer the API returns for one image; with
+        ``explain``, the predicted class's activation map and an overlay PNG as well."""
+        image = decode_image(data, self.image_size)
+        if explain:
+            probabilities, maps = self.predict_with_maps(image)
+        else:
+            probabilities = self.predict_array(image)
+        index = int(np.argmax(probabilities))
+        answer = {
+            "prediction": self.classes[index],
             "probabilities": {name: float(p) for name, p in zip(self.classes, probabilities, strict=True)},
         }
+        if explain:
+            from .explain import explanation
+
+            answer["explanation"] = explanation(maps, index, self.classes, image)
+        return answer

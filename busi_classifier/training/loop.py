@@ -31,6 +31,7 @@ from busi_classifier.training.preflight import preflight
 
 MIN_CALIBRATION_IMAGES = 20  # fewer validation images fit a temperature to noise
 REPRESENTATIVE_IMAGES = 100  # training images that calibrate the int8_full activation ranges
+GATE_MAX_IMAGES = 512  # non-test images the variants are compared with the Keras model on
 
 
 def prepare_split(config: TrainConfig, progress: bool = True) -> tuple[Path, list, SplitResult]:
@@ -432,7 +433,8 @@ def evaluate_and_calibrate(model, data: PreparedData, config: TrainConfig, best_
         temperature = 1.0
         print(f"calibration skipped: {len(y['val'])} validation images, fewer than {MIN_CALIBRATION_IMAGES}",
               flush=True)
-    test_metrics = evaluate_predictions(y["test"], p_test, temperature, config.bootstrap_resamples, config.seed)
+    test_metrics = evaluate_predictions(y["test"], p_test, temperature, config.bootstrap_resamples, config.seed,
+                                        groups=test_groups(data))
     test_metrics["best_epoch"] = best_epoch
     test_metrics["monitor"] = config.monitor
     val_metrics = point_metrics(y["val"], p_val)
@@ -446,8 +448,45 @@ def evaluate_and_calibrate(model, data: PreparedData, config: TrainConfig, best_
     return Evaluation(p_val, p_test, temperature, test_metrics, val_metrics, calibration)
 
 
+def test_groups(data: PreparedData) -> list | None:
+    """The near-duplicate group of each test image (the grouped split's), for the
+    cluster bootstrap; None for the random split, which has no groups."""
+    groups = data.result.groups
+    if not groups:
+        return None
+    return [groups.get(s.path, f"image:{s.path}") for s in data.result.splits["test"]]
+
+
+def gate_evidence(model, data: PreparedData, config: TrainConfig):
+    """The images the TFLite variants are checked against the Keras model on: every
+    train and validation image and one augmented view of each (all transforms), at most
+    GATE_MAX_IMAGES of them; never a test image. ``model``: the served graph
+    (``explain_model``: probabilities and class maps). Returns a ``GateEvidence``."""
+    from busi_classifier.config import AUGMENTATIONS
+    from busi_classifier.export.tflite import GateEvidence
+    from busi_classifier.training.augmentation import build_augmenter
+    from busi_classifier.training.model import CAM_OUTPUT
+
+    x, y = data.x, data.y
+    images = np.concatenate([x["train"], x["val"]])
+    labels = np.concatenate([y["train"], y["val"]])
+    augmenter = build_augmenter(tuple(AUGMENTATIONS), config.seed + 1000)
+    views = [np.clip(np.round(np.asarray(augmenter(images[i:i + 64].astype("float32"), training=True))), 0, 255)
+             .astype(np.uint8) for i in range(0, len(images), 64)]
+    images = np.concatenate([images, *views])
+    labels = np.concatenate([labels, labels])
+    if len(images) > GATE_MAX_IMAGES:
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(images))[:GATE_MAX_IMAGES])
+        images, labels = images[keep], labels[keep]
+    outputs = model.predict(images.astype("float32"), batch_size=config.batch_size, verbose=0)
+    description = (f"train+val: {len(images)} images (each image and one augmented view, at most "
+                   f"{GATE_MAX_IMAGES}); no test image")
+    return GateEvidence(images, labels, np.asarray(outputs["probabilities"], dtype=np.float64),
+                        np.asarray(outputs[CAM_OUTPUT], dtype=np.float64), description)
+
+
 def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluation, progress: bool,
-           verbose: bool) -> dict:
+           verbose: bool) -> tuple[dict, object]:
     """Write model.keras, the chosen TFLite variants and model.json.
 
     Args:
@@ -459,9 +498,9 @@ def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluatio
         verbose: show the TFLite converter's own output.
 
     Returns:
-        model.json's content.
+        (model.json's content, the served variant's ``ServedScore`` on the test split).
     """
-    from busi_classifier.export.tflite import export_model
+    from busi_classifier.export.tflite import TestSet, export_model
 
     dataset_info = {
         "root": str(data.root),
@@ -488,15 +527,22 @@ def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluatio
     # model.json carries what serving applies; the fit's details stay in metrics.json
     card_calibration = {"method": "temperature" if evaluation.temperature != 1.0 else "none",
                         "temperature": evaluation.temperature}
-    meta = export_model(export_source, Path(config.out_dir), config, dataset_info,
-                        {"test": _headline(evaluation.test_metrics)}, card_calibration, representative,
-                        (x["test"], y["test"], evaluation.p_test), progress, verbose=verbose)
+    from busi_classifier.training.model import explain_model
+
+    gate = gate_evidence(explain_model(export_source), data, config)
+    from busi_classifier.evaluation.localisation import mask_for_input
+
+    masks = [mask_for_input(s.masks, config.image_size) for s in data.result.splits["test"]]
+    test = TestSet(x["test"], y["test"], test_groups(data), evaluation.test_metrics, masks, evaluation.temperature,
+                   config.bootstrap_resamples, config.seed)
+    meta, served = export_model(export_source, Path(config.out_dir), config, dataset_info, card_calibration,
+                                representative, gate, test, progress, verbose=verbose)
     print(f"default variant: {meta['default_variant']} ({meta['default_variant_reason']})", flush=True)
-    return meta
+    return meta, served
 
 
 def write_reports(config: TrainConfig, data: PreparedData, evaluation: Evaluation, runner: PhaseRunner,
-                  model_version: str) -> None:
+                  meta: dict, served) -> None:
     """Training figures, metrics.json and history.json.
 
     Args:
@@ -504,18 +550,28 @@ def write_reports(config: TrainConfig, data: PreparedData, evaluation: Evaluatio
         data: the decoded splits (test labels).
         evaluation: predictions, calibration, metrics.
         runner: history and timings.
-        model_version: of the exported model.
+        meta: model.json's content (version, served variant).
+        served: the served variant's ``ServedScore`` (its figures and metrics).
     """
     from busi_classifier.evaluation.figures import write_training_figures
     from busi_classifier.export.tflite import write_json
 
     out_dir = Path(config.out_dir)
     figures_dir = Path(config.figures_dir) if config.figures_dir else out_dir
-    figures = write_training_figures(runner.history, evaluation.test_metrics, data.y["test"], evaluation.p_test,
-                                     evaluation.temperature, figures_dir)
+    from busi_classifier.evaluation.localisation import mask_for_input, served_cam_figure
+
+    figures = write_training_figures(runner.history, served.metrics, data.y["test"], served.raw,
+                                     evaluation.temperature, figures_dir, model=served.file,
+                                     best_epoch=evaluation.test_metrics.get("best_epoch"))
+    masks = [mask_for_input(s.masks, config.image_size) for s in data.result.splits["test"]]
+    cam = served_cam_figure(data.x["test"], served.maps, served.raw, data.y["test"], masks, CLASSES,
+                            figures_dir / "cam_examples.png", f"test split, {served.file}")
+    if cam is not None:
+        figures["class activation maps"] = cam
     write_json(out_dir / "metrics.json", {
-        "model_version": model_version,
-        "test": evaluation.test_metrics,
+        "model_version": meta["model_version"],
+        "served": {"variant": served.variant, "file": served.file, "test": served.metrics},
+        "test": evaluation.test_metrics,  # the Keras model (model.keras)
         "val": evaluation.val_metrics,
         "calibration": evaluation.calibration,
         "timings_s": {k: round(v, 2) for k, v in runner.timings.items()},
@@ -541,13 +597,7 @@ def train(config: TrainConfig, progress: bool = True, verbose: bool = False) -> 
     strategy = configure_runtime(config)
     model, runner = train_model(config, data, strategy, progress)
     evaluation = evaluate_and_calibrate(model, data, config, runner.best.best_epoch)
-    meta = export(model, data, config, evaluation, progress, verbose)
-    write_reports(config, data, evaluation, runner, meta["model_version"])
+    meta, served = export(model, data, config, evaluation, progress, verbose)
+    write_reports(config, data, evaluation, runner, meta, served)
     meta["wall_time_s"] = round(time.time() - started, 1)
     return meta
-
-
-def _headline(metrics: dict) -> dict:
-    """What model.json carries of the test metrics: the numbers, their intervals, the
-    confusion matrix; not the reliability table."""
-    return {k: v for k, v in metrics.items() if k not in ("reliability",)}

@@ -12,7 +12,7 @@ from busi_classifier.serving.constants import CLASSES
 from busi_classifier.training.preflight import WEIGHTS_FILE_HINT, WeightsError
 
 __all__ = ["ResNet50Preprocess", "WeightsError", "build_base", "build_model", "freeze_base", "load_keras_model",
-           "unfreeze_top", "inference_copy"]
+           "unfreeze_top", "inference_copy", "explain_model", "CAM_OUTPUT"]
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 RANDOM_INIT_BN_MOMENTUM = 0.9
@@ -120,6 +120,32 @@ def inference_copy(model: keras.Model) -> keras.Model:
         an uncompiled model sharing ``model``'s layers.
     """
     return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+CAM_OUTPUT = "class_maps"
+
+
+def explain_model(model: keras.Model) -> keras.Model:
+    """The served graph: ``model``'s layers and weights with a second output, the class
+    activation maps (batch, h, w, classes): the feature map that enters the global
+    average pooling (the last ResNet50 block) weighted by the dense layer's kernel, as a
+    1x1 convolution without bias (dropout is the identity at inference). The first
+    output is ``model``'s probabilities, unchanged.
+
+    Args:
+        model: a functional model with an ``avg_pool`` (GlobalAveragePooling2D) layer
+            feeding a ``probabilities`` dense layer, as ``build_model`` makes.
+
+    Returns:
+        an uncompiled two-output model (probabilities, class_maps) sharing ``model``'s layers.
+    """
+    features = model.get_layer("avg_pool").input
+    kernel = keras.ops.convert_to_numpy(model.get_layer("probabilities").kernel)  # (channels, classes)
+    cam = layers.Conv2D(kernel.shape[1], 1, use_bias=False, name=CAM_OUTPUT, dtype="float32")
+    maps = cam(features)
+    cam.set_weights([kernel.reshape(1, 1, *kernel.shape)])
+    return keras.Model(model.inputs, {"probabilities": model.outputs[0], CAM_OUTPUT: maps},
+                       name=f"{model.name}_explain")
 
 
 def load_keras_model(path: str | Path) -> keras.Model:

@@ -1,0 +1,383 @@
+// The classifier page: reads an image, POSTs it as base64 JSON to <API>/predict with
+// "explain": true, shows the class, the probabilities and the heat map. No dependencies.
+// API: the page's own origin, or ?api=https://...; ?key=... is sent as x-api-key.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const SIDE = 512; // canvas pixels of the square view
+  const MAX_FILE_BYTES = 6 * 1024 * 1024; // a Lambda request is at most 6 MB, and base64 adds a third
+  // The heat-map colours, low -> high: the ramp of busi_classifier/serving/explain.py ("inferno"-like)
+  const RAMP = [[0, 0, 4], [66, 10, 104], [147, 38, 103], [221, 81, 58], [252, 165, 10], [252, 255, 164]];
+
+  const params = new URLSearchParams(location.search);
+  const key = params.get("key") || "";
+  const api = apiBase(params.get("api"));
+  const noApi = params.get("api")
+    ? `The api parameter must be an http:// or https:// address, not "${params.get("api")}".`
+    : "No API to call: open this page through the local server (python -m busi_classifier serve) " +
+      "or add ?api=https://... (the API's address) to the page's address.";
+  let classes = null; // from /health
+  let explainAvailable = null; // true/false from /health; null: not known
+  let current = 0; // the latest request; older answers are dropped
+  let pictureUrl = null;
+
+  function apiBase(given) {
+    if (given) {
+      try {
+        const url = new URL(given);
+        if (url.protocol === "http:" || url.protocol === "https:") return url.href.replace(/\/+$/, "");
+      } catch (_) { /* not a URL */ }
+      return null; // an ?api= that is not an http(s) URL
+    }
+    if (location.protocol === "http:" || location.protocol === "https:") return location.origin;
+    return null; // file:// without ?api=
+  }
+
+  function headers(json) {
+    const h = {};
+    if (json) h["Content-Type"] = "application/json";
+    if (key) h["x-api-key"] = key;
+    return h;
+  }
+
+  function setState(state, status) {
+    document.body.dataset.state = state;
+    if (status !== undefined) $("status").textContent = status;
+  }
+
+  function showError(message, code) {
+    const el = $("error");
+    el.textContent = message;
+    if (code) el.dataset.code = code; else delete el.dataset.code;
+    el.hidden = false;
+  }
+
+  function clearError() {
+    const el = $("error");
+    el.textContent = "";
+    delete el.dataset.code;
+    el.hidden = true;
+  }
+
+  function fail(message, code) {
+    showError(message, code);
+    $("result").hidden = true;
+    $("view").hidden = true;
+    setState("error", "Error: see the message below.");
+  }
+
+  // fetch, then the body as JSON when it is JSON
+  async function call(url, options) {
+    const response = await fetch(url, { mode: "cors", credentials: "omit", cache: "no-store", ...options });
+    const text = await response.text();
+    let body = null;
+    try { body = text ? JSON.parse(text) : null; } catch (_) { body = null; }
+    return { ok: response.ok, status: response.status, statusText: response.statusText, body, text };
+  }
+
+  // The API's error message ({"error": {"code", "message"}}); else API Gateway's own ({"message"}); else the status
+  function errorMessage(res) {
+    const body = res.body;
+    if (body && typeof body === "object" && body.error && typeof body.error.message === "string") return body.error.message;
+    if (body && typeof body === "object" && typeof body.message === "string") return `HTTP ${res.status}: ${body.message}`;
+    if (res.ok) return `the API's answer is not a prediction (HTTP ${res.status})`;
+    const text = (res.text || "").trim().slice(0, 200);
+    return `HTTP ${res.status}${res.statusText ? " " + res.statusText : ""}${text ? ": " + text : ""}`;
+  }
+
+  function errorCode(res) {
+    const body = res.body;
+    return body && typeof body === "object" && body.error && typeof body.error.code === "string" ? body.error.code : "";
+  }
+
+  function unreachable(error) {
+    return `Could not reach the API at ${api} (${(error && error.message) || "network error"}): check the address ` +
+      "and your connection, and that the API allows requests from this page (CORS).";
+  }
+
+  function showExplainNote() {
+    $("explain-available").textContent = explainAvailable === true ? "available (the page asks for it)"
+      : explainAvailable === false ? "not available for this model" : "not known (the page asks for it)";
+  }
+
+  async function loadHealth() {
+    $("api-url").textContent = api ? api + (key ? " (with an API key)" : "") : "none";
+    if (!api) {
+      showError(noApi);
+      setState("idle", "No API.");
+      return;
+    }
+    try {
+      const res = await call(api + "/health", { headers: headers(false) });
+      if (!res.ok || !res.body || typeof res.body !== "object") {
+        showError(`The API's /health check failed: ${errorMessage(res)}`, errorCode(res));
+        setState("idle", "Ready (the API's health check failed; you can still try an image).");
+        return;
+      }
+      if (typeof res.body.model_version === "string") $("model-version").textContent = res.body.model_version;
+      if (Array.isArray(res.body.classes)) classes = res.body.classes.filter((c) => typeof c === "string");
+      if (typeof res.body.explain === "boolean") explainAvailable = res.body.explain;
+      showExplainNote();
+      setState("idle", "Ready: drop or choose an image.");
+    } catch (error) {
+      showError(unreachable(error));
+      setState("idle", "Ready (the API did not answer its health check; you can still try an image).");
+    }
+  }
+
+  function readBase64(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => {
+        const url = String(reader.result);
+        const comma = url.indexOf(",");
+        resolve(comma >= 0 ? url.slice(comma + 1) : "");
+      };
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
+  // The image as the browser decodes it (null when it cannot)
+  function loadPicture(file) {
+    if (pictureUrl) URL.revokeObjectURL(pictureUrl);
+    pictureUrl = URL.createObjectURL(file);
+    return new Promise((resolve) => {
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => resolve(null);
+      img.src = pictureUrl;
+    });
+  }
+
+  function postPredict(image, explain) {
+    const payload = explain ? { image, explain: true } : { image };
+    return call(api + "/predict", { method: "POST", headers: headers(true), body: JSON.stringify(payload) });
+  }
+
+  function percent(p) {
+    return typeof p === "number" && isFinite(p) ? (p * 100).toFixed(1) + " %" : "?";
+  }
+
+  function showAnswer(answer) {
+    $("prediction").textContent = String(answer.prediction);
+    const probabilities = answer.probabilities;
+    const names = Object.keys(probabilities);
+    const order = classes && names.every((n) => classes.includes(n)) ? classes.filter((c) => c in probabilities) : names;
+    const box = $("probabilities");
+    box.replaceChildren();
+    for (const name of order) {
+      const p = probabilities[name];
+      const row = document.createElement("div");
+      row.className = "bar" + (name === answer.prediction ? " top" : "");
+      row.dataset.class = name;
+      row.dataset.probability = String(p);
+      const label = document.createElement("span");
+      label.className = "bar-name";
+      label.textContent = name;
+      const track = document.createElement("div");
+      track.className = "bar-track";
+      track.setAttribute("aria-hidden", "true");
+      const fill = document.createElement("div");
+      fill.className = "bar-fill";
+      fill.style.width = (typeof p === "number" && isFinite(p) ? Math.min(100, Math.max(0, p * 100)) : 0) + "%";
+      track.append(fill);
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      value.textContent = percent(p);
+      row.append(label, track, value);
+      box.append(row);
+    }
+    if (typeof answer.model_version === "string") $("model-version").textContent = answer.model_version;
+    $("result").hidden = false;
+  }
+
+  // The uploaded image as the model sees it: fitted into the square, centred, black padding
+  function drawPicture(img) {
+    const canvas = $("image-canvas");
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, SIDE, SIDE);
+    if (!img || !img.naturalWidth || !img.naturalHeight) {
+      ctx.fillStyle = "#ccc";
+      ctx.font = "20px sans-serif";
+      ctx.textAlign = "center";
+      ctx.fillText("(this browser cannot display the image)", SIDE / 2, SIDE / 2);
+      return;
+    }
+    const scale = SIDE / Math.max(img.naturalWidth, img.naturalHeight);
+    const w = Math.max(1, Math.round(img.naturalWidth * scale));
+    const h = Math.max(1, Math.round(img.naturalHeight * scale));
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(img, Math.floor((SIDE - w) / 2), Math.floor((SIDE - h) / 2), w, h);
+  }
+
+  function validGrid(grid) {
+    return Array.isArray(grid) && grid.length > 0 && Array.isArray(grid[0]) && grid[0].length > 0 &&
+      grid.every((row) => Array.isArray(row) && row.length === grid[0].length &&
+        row.every((v) => typeof v === "number" && isFinite(v)));
+  }
+
+  function colour(v) {
+    const position = Math.min(1, Math.max(0, v)) * (RAMP.length - 1);
+    const low = Math.min(RAMP.length - 2, Math.floor(position));
+    const t = position - low;
+    return RAMP[low].map((c, i) => Math.round(c * (1 - t) + RAMP[low + 1][i] * t));
+  }
+
+  // The grid (rows top to bottom, 0..1, over the square model input), bilinearly
+  // upsampled to the canvas (cell centres at the centres of their squares), then coloured
+  function drawHeatmap(grid) {
+    const rows = grid.length, cols = grid[0].length;
+    const ctx = $("heatmap").getContext("2d");
+    const pixels = ctx.createImageData(SIDE, SIDE);
+    const data = pixels.data;
+    const axis = (n, i) => {
+      const s = Math.min(n - 1, Math.max(0, ((i + 0.5) * n) / SIDE - 0.5));
+      const a = Math.min(n - 1, Math.floor(s));
+      return [a, Math.min(n - 1, a + 1), s - a];
+    };
+    const xs = Array.from({ length: SIDE }, (_, x) => axis(cols, x));
+    for (let y = 0; y < SIDE; y++) {
+      const [y0, y1, ty] = axis(rows, y);
+      for (let x = 0; x < SIDE; x++) {
+        const [x0, x1, tx] = xs[x];
+        const top = grid[y0][x0] * (1 - tx) + grid[y0][x1] * tx;
+        const bottom = grid[y1][x0] * (1 - tx) + grid[y1][x1] * tx;
+        const [r, g, b] = colour(top * (1 - ty) + bottom * ty);
+        const k = (y * SIDE + x) * 4;
+        data[k] = r; data[k + 1] = g; data[k + 2] = b; data[k + 3] = 255;
+      }
+    }
+    ctx.putImageData(pixels, 0, 0);
+  }
+
+  function showHeatmap(answer, explained) {
+    const explanation = answer.explanation;
+    const heat = $("heatmap");
+    const controls = $("heatmap-controls");
+    const note = $("no-heatmap");
+    const link = $("overlay-link");
+    heat.getContext("2d").clearRect(0, 0, SIDE, SIDE);
+    if (explanation && typeof explanation === "object" && validGrid(explanation.grid)) {
+      drawHeatmap(explanation.grid);
+      const rows = explanation.grid.length, cols = explanation.grid[0].length;
+      const cls = typeof explanation.class === "string" ? explanation.class : String(answer.prediction);
+      $("heatmap-caption").textContent = `Class activation map of "${cls}" (a ${rows}x${cols} grid over the model ` +
+        "input, smoothly upscaled): dark = little evidence, bright yellow = the most.";
+      if (typeof explanation.overlay_png === "string" && explanation.overlay_png) {
+        link.href = "data:image/png;base64," + explanation.overlay_png;
+        link.hidden = false;
+      } else {
+        link.hidden = true;
+        link.removeAttribute("href");
+      }
+      heat.hidden = false;
+      controls.hidden = false;
+      note.hidden = true;
+      return;
+    }
+    heat.hidden = true;
+    controls.hidden = true;
+    link.hidden = true;
+    link.removeAttribute("href");
+    note.textContent = explained ? "No heat map: the API's answer has no explanation."
+      : "No heat map is available: this model was exported without class activation maps.";
+    note.hidden = false;
+  }
+
+  async function classify(file) {
+    const id = ++current;
+    clearError();
+    $("result").hidden = true;
+    $("view").hidden = true;
+    setState("busy", `Working... reading ${file.name}`);
+    if (!api) {
+      fail(noApi);
+      return;
+    }
+    if (file.size > MAX_FILE_BYTES) {
+      fail(`This file is ${(file.size / 1e6).toFixed(1)} MB; the API takes at most 6 MB per request, ` +
+        "about 4.4 MB of image once base64-encoded.");
+      return;
+    }
+    await health; // explain or not: what /health says
+    if (id !== current) return;
+    let image;
+    try {
+      image = await readBase64(file);
+    } catch (_) {
+      if (id === current) fail("The browser could not read this file.");
+      return;
+    }
+    if (id !== current) return;
+    const picture = loadPicture(file);
+    setState("busy", `Working... sending ${file.name} to the API`);
+    let explain = explainAvailable !== false;
+    let res;
+    try {
+      res = await postPredict(image, explain);
+      if (explain && res.status === 501 && errorCode(res) === "explain_unavailable") {
+        explainAvailable = false; // an API whose /health did not say: ask again without explain
+        showExplainNote();
+        explain = false;
+        res = await postPredict(image, false);
+      }
+    } catch (error) {
+      if (id === current) fail(unreachable(error));
+      return;
+    }
+    if (id !== current) return;
+    const answer = res.body;
+    if (!res.ok || !answer || typeof answer !== "object" || !answer.probabilities || typeof answer.probabilities !== "object") {
+      fail(errorMessage(res), errorCode(res));
+      return;
+    }
+    showAnswer(answer);
+    const img = await picture;
+    if (id !== current) return;
+    $("view").hidden = false;
+    drawPicture(img);
+    showHeatmap(answer, explain);
+    setState("done", `Done: ${answer.prediction}`);
+  }
+
+  function pick(files) {
+    if (files && files.length > 0) classify(files[0]);
+  }
+
+  // --- wiring -----------------------------------------------------------------------
+  const drop = $("drop");
+  const opacity = $("opacity");
+  $("file").addEventListener("change", (event) => pick(event.target.files));
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (event) => {
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+      drop.classList.add("dragging");
+    });
+  }
+  drop.addEventListener("dragleave", (event) => {
+    if (!drop.contains(event.relatedTarget)) drop.classList.remove("dragging");
+  });
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("dragging");
+    pick(event.dataTransfer.files);
+  });
+  // a file dropped outside the zone must not replace the page
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+
+  const showOpacity = () => {
+    $("heatmap").style.opacity = String(Number(opacity.value) / 100);
+    $("opacity-value").textContent = `${opacity.value} %`;
+  };
+  opacity.addEventListener("input", showOpacity);
+  showOpacity();
+
+  setState("idle", "Loading...");
+  const health = loadHealth();
+})();

@@ -1,0 +1,57 @@
+"""Grouped k-fold cross-validation: one full training per fold into its own folder, then
+the mean and spread of the served model's test metrics. The folds' training is the real
+`train` in the slow path of other tests; here a recording stand-in checks what each fold
+is asked to do and that the report is the arithmetic of the folds' model.json."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from busi_classifier.cli import main
+from busi_classifier.config import ConfigError, TrainConfig
+from busi_classifier.training import crossval
+
+
+def fake_meta(k: int) -> dict:
+    served = {"n": 30 + k, "accuracy": 0.6 + 0.05 * k, "balanced_accuracy": 0.55 + 0.05 * k,
+              "macro_f1": 0.5 + 0.1 * k, "macro_auc": None if k == 1 else 0.7 + 0.02 * k,
+              "malignant_auc": 0.8, "malignant_sensitivity_at_90_specificity": 0.4, "ece": 0.1 - 0.01 * k}
+    keras = {key: (v + 0.01 if isinstance(v, float) else v) for key, v in served.items()}
+    return {"model_version": f"0.1.0+{k}", "metrics": {"served": {"variant": "int8_dynamic", "test": served},
+                                                        "keras": {"test": keras}}}
+
+
+def test_every_fold_trains_into_its_own_folder_and_the_report_is_their_mean_and_spread(tmp_path):
+    seen = []
+
+    def train(config, progress, verbose):
+        seen.append(config)
+        return fake_meta(config.fold)
+
+    config = TrainConfig(data_dir="d", out_dir=str(tmp_path / "cv"), folds=4, weights="none", image_size=32)
+    result = crossval.cross_validate(config, "python -m busi_classifier crossval ...", progress=False, train=train)
+    assert [c.fold for c in seen] == [0, 1, 2, 3] and all(c.folds == 4 for c in seen)
+    assert [Path(c.out_dir) for c in seen] == [tmp_path / "cv" / f"fold-{k}" for k in range(4)]
+    accuracies = [0.6 + 0.05 * k for k in range(4)]
+    acc = result["served"]["accuracy"]
+    assert acc["mean"] == pytest.approx(statistics.mean(accuracies))
+    assert acc["sd"] == pytest.approx(statistics.stdev(accuracies))
+    assert (acc["min"], acc["max"]) == (pytest.approx(0.6), pytest.approx(0.75))
+    assert result["served"]["macro_auc"]["n"] == 3  # an undefined fold value is left out, not counted as 0
+    assert result["keras"]["accuracy"]["mean"] == pytest.approx(statistics.mean(accuracies) + 0.01)
+    written = json.loads((tmp_path / "cv" / "crossval.json").read_text())
+    assert written["served"] == result["served"] and len(written["folds"]) == 4
+    table = (tmp_path / "cv" / "crossval.md").read_text()
+    assert "Grouped 4-fold" in table and f"{statistics.mean(accuracies):.3f} ±" in table
+    assert "python -m busi_classifier crossval ..." in table
+
+
+def test_bad_fold_settings_are_refused_before_any_training(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="--folds"):
+        crossval.fold_configs(TrainConfig(data_dir="d", out_dir="o", folds=0))
+    assert main(["crossval", "--data", str(tmp_path), "--folds", "2"]) == 2
+    assert "--folds must be at least 3" in capsys.readouterr().err
+    assert main(["crossval", "--data", str(tmp_path), "--split", "random"]) == 2
+    assert "grouped" in capsys.readouterr().err
