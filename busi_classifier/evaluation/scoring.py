@@ -47,14 +47,18 @@ def read_split_with_groups(split_csv: Path, data_dir: Path, subset: str) -> tupl
     return samples, groups
 
 
-def predict_raw(model_path: Path, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Uncalibrated probabilities of a .keras or .tflite model for uint8 images."""
+def predict_outputs(model_path: Path, images: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uncalibrated probabilities, class maps or None) of a .keras or .tflite model for
+    uint8 images: a .tflite file with maps gives both from one invoke per image."""
     if model_path.suffix == ".keras":
         from busi_classifier.training.model import load_keras_model
 
         model = load_keras_model(model_path)
-        return model.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
-    return _predictor(model_path).raw_probabilities(images)
+        return model.predict(images.astype("float32"), batch_size=batch_size, verbose=0), None
+    predictor = _predictor(model_path)
+    if predictor.has_maps:
+        return predictor.raw_outputs(images)
+    return predictor.raw_probabilities(images), None
 
 
 def _predictor(model_path: Path):
@@ -83,7 +87,7 @@ def evaluate_model(model_path: str | Path, data_dir: str | Path | None = None, s
     samples, groups = read_split_with_groups(split_csv, data_dir, subset)
     images = load_images(samples, card.input.size, progress)
     y = np.array([s.label_index for s in samples])
-    raw = predict_raw(model_path, images, int(training.get("batch_size", 16)))
+    raw, maps = predict_outputs(model_path, images, int(training.get("batch_size", 16)))
     temperature = card.temperature
     metrics = evaluate_predictions(
         y, raw, temperature,
@@ -93,26 +97,22 @@ def evaluate_model(model_path: str | Path, data_dir: str | Path | None = None, s
     )
     metrics.update({"model": str(model_path), "model_version": card.model_version, "subset": subset,
                     "split_file": str(split_csv)})
-    if model_path.suffix == ".tflite":
-        localisation = localise(model_path, samples, data_dir, images, groups, card.input.size,
-                                metrics["bootstrap_resamples"], seed if seed is not None else int(training.get("seed", 0)))
-        if localisation is not None:
-            metrics["localisation"] = localisation
+    if maps is not None:
+        metrics["localisation"] = localise(maps, raw, samples, data_dir, groups, card.input.size,
+                                           metrics["bootstrap_resamples"],
+                                           seed if seed is not None else int(training.get("seed", 0)))
     return metrics, y, raw
 
 
-def localise(model_path: Path, samples: list[Sample], data_dir: Path, images: np.ndarray, groups: list,
-             size: int, n_resamples: int, seed: int) -> dict | None:
-    """The class maps of a .tflite model against the lesion masks of ``samples`` (pointing
-    game and energy inside, with the centre baseline); None when the model has no maps."""
+def localise(maps: np.ndarray, raw: np.ndarray, samples: list[Sample], data_dir: Path, groups: list, size: int,
+             n_resamples: int, seed: int) -> dict:
+    """The class maps against the lesion masks of ``samples`` (pointing game and energy
+    inside, with the centre baseline)."""
     from busi_classifier.data.dataset import read_dataset
     from busi_classifier.evaluation.localisation import mask_for_input, served_localisation
-    predictor = _predictor(model_path)
-    if not predictor.has_maps:
-        return None
+
     masks_of = {s.path.resolve(): s.masks for s in read_dataset(data_dir)}
     masks = [mask_for_input(masks_of.get(s.path, []), size) for s in samples]
-    raw, maps = predictor.raw_outputs(images)
     return served_localisation(maps, raw, masks, groups, n_resamples, seed)
 
 

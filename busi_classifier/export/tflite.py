@@ -92,7 +92,7 @@ def _predictor(path: Path, image_size: int, num_threads: int | None = 1):
     yet): one thread for the latency, LiteRT's default for scoring many images."""
     from busi_classifier.serving.predictor import Predictor
 
-    return Predictor(path, num_threads=num_threads, metadata={"classes": list(CLASSES), "input": {"size": image_size}})
+    return Predictor.for_file(path, CLASSES, image_size, num_threads)
 
 
 def latency_ms(predictor, image: np.ndarray, repeats: int = 10) -> float:
@@ -148,6 +148,7 @@ class ServedScore:
     file: str
     raw: np.ndarray  # uncalibrated probabilities on the test split
     maps: np.ndarray  # class maps on the test split (N, h, w, classes)
+    masks: list  # the test images' lesion masks (TestSet.masks)
     metrics: dict  # evaluate_predictions (calibrated with model.json's temperature)
 
 
@@ -214,7 +215,7 @@ def export_model(
         with contextlib.nullcontext() if verbose else native_stderr_silenced():
             served = _predictor(out_dir / files[default]["file"], config.image_size, num_threads=None)
         raw, maps = served.raw_outputs(test.images)
-        score = ServedScore(default, files[default]["file"], raw, maps,
+        score = ServedScore(default, files[default]["file"], raw, maps, test.masks,
                             evaluate_predictions(test.labels, raw, test.temperature, test.bootstrap_resamples,
                                                  test.seed, groups=test.groups))
         score.metrics["localisation"] = served_localisation(maps, raw, test.masks, test.groups,

@@ -94,8 +94,10 @@ class Predictor:
         self._load()
 
     @classmethod
-    def for_file(cls, model_file: str | os.PathLike, classes, image_size: int, num_threads: int = 1) -> Predictor:
-        """A predictor of a .tflite file that has no model.json yet (uncalibrated)."""
+    def for_file(cls, model_file: str | os.PathLike, classes, image_size: int,
+                 num_threads: int | None = 1) -> Predictor:
+        """A predictor of a .tflite file that has no model.json yet (uncalibrated);
+        ``num_threads`` None: the CPUs this process may use."""
         return cls(model_file, num_threads=num_threads,
                    metadata={"classes": list(classes), "input": {"size": int(image_size)}})
 

@@ -558,13 +558,12 @@ def write_reports(config: TrainConfig, data: PreparedData, evaluation: Evaluatio
 
     out_dir = Path(config.out_dir)
     figures_dir = Path(config.figures_dir) if config.figures_dir else out_dir
-    from busi_classifier.evaluation.localisation import mask_for_input, served_cam_figure
+    from busi_classifier.evaluation.localisation import served_cam_figure
 
     figures = write_training_figures(runner.history, served.metrics, data.y["test"], served.raw,
                                      evaluation.temperature, figures_dir, model=served.file,
                                      best_epoch=evaluation.test_metrics.get("best_epoch"))
-    masks = [mask_for_input(s.masks, config.image_size) for s in data.result.splits["test"]]
-    cam = served_cam_figure(data.x["test"], served.maps, served.raw, data.y["test"], masks, CLASSES,
+    cam = served_cam_figure(data.x["test"], served.maps, served.raw, data.y["test"], served.masks, CLASSES,
                             figures_dir / "cam_examples.png", f"test split, {served.file}")
     if cam is not None:
         figures["class activation maps"] = cam
