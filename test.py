@@ -1,7 +1,8 @@
 """Client: send an image to the breast-ultrasound classifier and print its answer.
 
 Not a pytest file (pytest only collects tests/). Usage: python test.py IMAGE [--endpoint
-URL | --function NAME] [--region REGION] [--timeout SECONDS]; see --help.
+URL | --stack NAME | --function NAME] [--region REGION] [--api-key KEY] [--timeout SECONDS]
+[--explain] [--overlay-out PATH]; see --help.
 """
 
 from busi_classifier.local.client import main

@@ -45,9 +45,7 @@ def main(argv=None) -> int:
 
 | measure | centre baseline | 95 % CI (images resampled) |
 |---|---:|---:|
-""" + "".join(f"| pointing game, {d} cell(s) of slack | {r['pointing_game']['model']:.3f} | "
-              f"{r['pointing_game']['model_ci95'][0]:.3f} – {r['pointing_game']['model_ci95'][1]:.3f} |\n"
-              for d, r in rows) + f"""| energy inside the lesion | {energy['model']:.3f} | {energy['model_ci95'][0]:.3f} – {energy['model_ci95'][1]:.3f} |
+""" + "".join(_pointing_row(d, r) for d, r in rows) + f"""| energy inside the lesion | {energy['model']:.3f} | {energy['model_ci95'][0]:.3f} – {energy['model_ci95'][1]:.3f} |
 | share of the input covered by the lesion (a flat map's energy inside) | {lesion_share:.3f} | |
 """
     print(body)
@@ -55,6 +53,14 @@ def main(argv=None) -> int:
         write_section("centre-baseline", "The centre baseline of the class-map checks",
                       f"python benchmarks/centre_baseline.py --size {args.size}", body)
     return 0
+
+
+def _pointing_row(dilate: int, report: dict) -> str:
+    game = report["pointing_game"]
+    if game.get("model") is None:  # the centre cell touches every cell of so coarse a grid
+        return f"| pointing game, {dilate} cell(s) of slack | n/a ({game.get('not_meaningful', 'grid too coarse')}) | |\n"
+    return (f"| pointing game, {dilate} cell(s) of slack | {game['model']:.3f} | "
+            f"{game['model_ci95'][0]:.3f} – {game['model_ci95'][1]:.3f} |\n")
 
 
 if __name__ == "__main__":

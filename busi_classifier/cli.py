@@ -52,12 +52,27 @@ def _bounded_int(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def add_output_options(parser: argparse.ArgumentParser) -> None:
-    """--quiet and --verbose, shared by the commands that run long."""
+positive_int = _bounded_int(1)  # a whole number >= 1 (argparse ``type=``)
+
+
+def add_output_options(parser: argparse.ArgumentParser, tensorflow: bool = True) -> None:
+    """--quiet and --verbose, shared by the commands that run long.
+
+    Args:
+        parser: the command's parser.
+        tensorflow: whether the command imports TensorFlow (then --verbose shows its log
+            lines); audit and split do not, and their --verbose says so.
+    """
     parser.add_argument("--quiet", action="store_true", help="no progress bars (they are off anyway when stderr is "
                         "not a terminal, e.g. a log file)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show TensorFlow's, absl's and the TFLite converter's own log lines")
+    if tensorflow:
+        parser.add_argument("--verbose", action="store_true",
+                            help="show TensorFlow's, absl's and the TFLite converter's own log lines (hidden "
+                            "otherwise)")
+    else:
+        parser.add_argument("--verbose", action="store_true",
+                            help="no effect: this command imports no TensorFlow, so it has no TensorFlow log lines "
+                            "to show (accepted so that `train.py --audit/--split-only ... --verbose` works)")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
@@ -132,12 +147,23 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
 def quiet_tensorflow(verbose: bool) -> None:
     """Before TensorFlow is imported: keep its C++ and absl log lines (the oneDNN notice,
-    CPU feature lines, duplicated warnings) out of the console unless ``verbose``."""
+    CPU feature lines, duplicated warnings) out of the console unless ``verbose``.
+
+    TF_CPP_MIN_LOG_LEVEL (set here unless the environment sets it) hides what TensorFlow
+    logs once its logging is set up; but what its two shared libraries log while they load,
+    before absl::InitializeLog runs ("WARNING: All log messages before absl::InitializeLog()
+    ...", "I0000 ... oneDNN custom operations are on", once per library), absl writes to
+    stderr whatever the level. So the first ``import tensorflow`` in the process, wherever
+    it happens (keras imports it too), runs with file descriptor 2 sent to /dev/null
+    (``SilentTensorFlowImport``). oneDNN stays on: the numbers do not change.
+    """
     if verbose:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")  # the C++ absl logger (its E0000 lines)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, SilentTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, SilentTensorFlowImport())
     try:
         from absl import logging as absl_logging
 
@@ -147,6 +173,44 @@ def quiet_tensorflow(verbose: bool) -> None:
     import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+class SilentTensorFlowImport:
+    """An import hook (``sys.meta_path``) for the one module ``tensorflow``: the first
+    import of it runs with file descriptor 2 silenced (``native_stderr_silenced``), then the
+    hook removes itself. The module is the one the other finders find, with its own loader
+    (only the package's execution is wrapped); an import that fails still raises."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        import importlib.util
+
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _SilencedLoader(spec.loader)
+        return spec
+
+
+class _SilencedLoader:
+    """Runs ``loader.exec_module`` with file descriptor 2 silenced; the module keeps
+    ``loader`` as its own (``__loader__``, ``__spec__.loader``)."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec) if hasattr(self.loader, "create_module") else None
+
+    def exec_module(self, module) -> None:
+        module.__loader__ = self.loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self.loader
+        with native_stderr_silenced():
+            self.loader.exec_module(module)
 
 
 @contextlib.contextmanager
@@ -174,9 +238,30 @@ def show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def _error(exc: Exception, code: int = 1) -> int:
+def _error(exc: Exception | str, code: int = 1) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return code
+
+
+def variant_flag_problem(model: str | os.PathLike | None, variant: str | None) -> str | None:
+    """What is wrong with ``--variant VARIANT`` for ``--model MODEL``, naming the flag,
+    or None when nothing is (no --variant, not a folder, a variant model.json lists, or a
+    folder whose model.json the command's own loading reports on). The serving code's
+    message names MODEL_VARIANT, the setting the function reads; on the command line the
+    user typed --variant."""
+    if variant is None or model is None or not Path(model).is_dir():
+        return None
+    path = Path(model)
+    from busi_classifier.serving.card import ModelCard, ModelLoadError
+
+    try:
+        card = ModelCard.read(path)
+    except ModelLoadError:
+        return None
+    if variant in card.variants:
+        return None
+    return (f"--variant {variant!r} is not a variant of {path / 'model.json'}; choose from "
+            f"{', '.join(card.variants)}")
 
 
 # --------------------------------------------------------------------------- train
@@ -231,7 +316,7 @@ def audit_main(argv=None) -> int:
     p.add_argument("--figures", default=None, help="folder for the figures (default: --out)")
     p.add_argument("--near-duplicate-bits", type=_bounded_int(0), default=DEFAULTS.near_duplicate_bits,
                    help="perceptual-hash distance at or below which two images are near-duplicates")
-    add_output_options(p)
+    add_output_options(p, tensorflow=False)
     args = p.parse_args(argv)
     from busi_classifier.data.audit import run_audit
     from busi_classifier.data.dataset import DatasetError, find_dataset_root
@@ -255,7 +340,7 @@ def split_main(argv=None) -> int:
                 "--split random) and write OUT/split.csv, exactly as train does. No training, no TensorFlow.",
                 "example:\n  python -m busi_classifier split --data data/Dataset_BUSI_with_GT --out artifacts/model")
     add_config_arguments(p, SPLIT_SETTINGS)
-    add_output_options(p)
+    add_output_options(p, tensorflow=False)
     args = p.parse_args(argv)
     from busi_classifier.data.dataset import DatasetError
     from busi_classifier.training.loop import prepare_split, split_counts
@@ -291,17 +376,27 @@ def predict_main(argv=None) -> int:
     args = p.parse_args(argv)
     from busi_classifier.serving.predictor import ModelLoadError, Predictor
 
+    problem = variant_flag_problem(args.model, args.variant)
+    if problem:
+        return _error(problem, 2)
     try:
         with native_stderr_silenced():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             predictor = Predictor(args.model, variant=args.variant) if args.variant else Predictor(args.model)
     except ModelLoadError as exc:
         return _error(exc)
+    from busi_classifier.serving.model_summary import model_summary, summary_line
+
     rows = [_predict_file(predictor, path) for path in args.images]
-    if args.json:
+    # how good the model is (its card's test figures; None for a .tflite without model.json)
+    summary = model_summary(predictor.card) if predictor.card is not None else None
+    if args.json:  # every line one self-contained JSON object: the summary is a field of each
         for row in rows:
-            print(json.dumps(row))
+            print(json.dumps({**row, "model": summary}))
     else:
         print(_table(rows, list(predictor.classes)))
+        # after the table, on stderr: stdout stays the table alone (for pipes and scripts)
+        print(summary_line(summary) if summary is not None else "model: no model.json, no test figures",
+              file=sys.stderr)
     return 1 if any("error" in row for row in rows) else 0
 
 
@@ -382,7 +477,24 @@ def crossval_main(argv=None) -> int:
 def evaluate_main(argv=None) -> int:
     from busi_classifier.evaluation.scoring import main
 
+    # --variant is checked here, where the user's flag is known: the serving code's own
+    # message for a variant the card lacks names the function's MODEL_VARIANT setting
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    problem = variant_flag_problem(*_flag_values(tokens, "--model", "--variant"))
+    if problem and not {"-h", "--help"} & set(tokens):
+        return _error(problem, 2)
     return main(argv)
+
+
+def _flag_values(argv: list[str], *flags: str) -> list[str | None]:
+    """The last value of each of ``flags`` in ``argv`` (``--flag VALUE`` or
+    ``--flag=VALUE``; None when absent), read without the command's parser."""
+    values: dict[str, str | None] = dict.fromkeys(flags)
+    for i, token in enumerate(argv):
+        name, equals, value = token.partition("=")
+        if name in values:
+            values[name] = value if equals else (argv[i + 1] if i + 1 < len(argv) else None)
+    return [values[f] for f in flags]
 
 
 def synthesize_main(argv=None) -> int:

@@ -18,6 +18,8 @@ from busi_classifier.training.resnet50_layers import RESNET50_LAYER_NAMES
 # Two images are near-duplicates when their 255-bit perceptual hashes differ in at most
 # this many bits (chosen on the real BUSI data: see busi_classifier/data/audit.py and docs/data-audit.md).
 NEAR_DUPLICATE_BITS = 86
+# keras.applications.ResNet50 refuses inputs smaller than 32 x 32 (five stride-2 stages).
+MIN_IMAGE_SIZE = 32
 
 # One tuple per choice setting: argparse `choices=` and TrainConfig.check both read these.
 LOSSES = ("crossentropy", "focal")
@@ -100,7 +102,8 @@ class TrainConfig:
     figures_dir: str | None = setting(None, "folder for the figures (default: --out)", flag="--figures", group="data")
     weights: str = setting("imagenet", "'imagenet' (downloads once), 'none' (random init) or a path to a ResNet50 "
                            "no-top weights file")
-    image_size: int = setting(DEFAULT_IMAGE_SIZE, "input side in pixels", kind="positive")
+    image_size: int = setting(DEFAULT_IMAGE_SIZE, f"input side in pixels (at least {MIN_IMAGE_SIZE}: ResNet50's "
+                              "smallest input)", kind="positive")
     epochs_head: int = setting(5, "phase 1 epochs: head on the frozen base (with --weights none: whole network)",
                                kind="nonneg")
     epochs_fine_tune: int = setting(5, "phase 2 epochs per unfreezing stage (with --weights none: added to phase 1)",
@@ -183,6 +186,9 @@ class TrainConfig:
             value = getattr(self, f.name)
             if allowed and value is not None and value not in allowed:
                 raise ConfigError(f"{flag_of(f.name)} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(f"--image-size must be at least {MIN_IMAGE_SIZE} (ResNet50's smallest input), got "
+                              f"{self.image_size}")
         if self.epochs_head < 0 or self.epochs_fine_tune < 0 or self.epochs_head + self.epochs_fine_tune < 1:
             raise ConfigError("epochs must be >= 0 and at least one epoch in total (--epochs-head, --epochs-fine-tune)")
         if not 0 <= self.label_smoothing < 1:

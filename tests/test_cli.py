@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -60,8 +62,9 @@ def _parser_of(command: str, monkeypatch) -> argparse.ArgumentParser:
     return captured["parser"]
 
 
-@pytest.mark.parametrize("command", ["train", "audit", "split", "evaluate", "predict", "synthesize"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_flag_has_help_text_that_shows_its_default(command, monkeypatch):
+    """Every option of every subcommand (invoke's --per-class had neither)."""
     parser = _parser_of(command, monkeypatch)
     formatter = parser._get_formatter()
     flags = [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
@@ -99,6 +102,13 @@ def test_variants_parse_keeps_float32_the_reference():
     assert parse_variants("int8_dynamic") == ("float32", "int8_dynamic")
     with pytest.raises(ConfigError, match="unknown variant"):
         parse_variants("int4")
+
+
+@pytest.mark.parametrize("command", ["audit", "split"])
+def test_commands_without_tensorflow_do_not_offer_its_log_lines(command, monkeypatch):
+    parser = _parser_of(command, monkeypatch)
+    [verbose] = [a for a in parser._actions if "--verbose" in a.option_strings]
+    assert "TensorFlow's" not in verbose.help and "no effect" in verbose.help
 
 
 def test_stage_names_are_the_real_resnet50_layer_names():
@@ -153,6 +163,57 @@ def test_unreachable_imagenet_download_fails_before_hashing(synthetic_dir, tmp_p
     assert "cannot download the ImageNet weights" in err and "--weights none" in err
 
 
+def _one_error_line(argv: list[str], out, env_changes: dict | None = None) -> str:
+    """Run ``train.py ARGV`` as a user does; its stderr must be exactly one line starting
+    with ``error:``, and split.csv not written. Returns that line."""
+    env = {**os.environ, **(env_changes or {})}
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - started
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert not (out / "split.csv").exists(), "split.csv written before the check failed"
+    assert elapsed < 4 * FAST_FAILURE_S, f"took {elapsed:.1f} s: {result.stderr}"  # a fresh interpreter, no TensorFlow
+    return lines[0]
+
+
+@pytest.mark.parametrize("size", ["16", "31"])
+def test_image_size_below_resnet50s_minimum_is_one_line_before_the_split(synthetic_dir, tmp_path, size):
+    out = tmp_path / "run"
+    result_line = _one_error_line(["--data", str(synthetic_dir), "--out", str(out), "--weights", "none",
+                                   "--image-size", size], out)
+    assert "--image-size" in result_line and "at least 32" in result_line
+
+
+def test_image_size_check_is_a_usage_error_like_the_other_cheap_checks(synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(["--data", str(synthetic_dir), "--out", str(out), "--image-size", "16"]) == 2
+    assert train_main(["--data", str(synthetic_dir), "--out", str(out), "--dropout", "1.5"]) == 2
+    assert not (out / "split.csv").exists()
+
+
+def test_smallest_resnet50_input_passes_the_checks():
+    TrainConfig(data_dir="d", image_size=32).check()
+    with pytest.raises(ConfigError, match="--image-size must be at least 32"):
+        TrainConfig(data_dir="d", image_size=31).check()
+
+
+def test_imagenet_weights_without_internet_is_one_line(synthetic_dir, tmp_path):
+    """No download possible (an unreachable proxy stands in for no internet) and nothing in
+    the Keras cache: one line that names both ways out, before any hashing."""
+    out, home = tmp_path / "run", tmp_path / "home"
+    home.mkdir()
+    unreachable = "http://127.0.0.1:9"
+    line = _one_error_line(["--data", str(synthetic_dir), "--out", str(out), "--weights", "imagenet"], out,
+                           {"HOME": str(home), "KERAS_HOME": str(home / ".keras"), "https_proxy": unreachable,
+                            "HTTPS_PROXY": unreachable, "http_proxy": unreachable, "HTTP_PROXY": unreachable,
+                            "no_proxy": "", "NO_PROXY": ""})
+    assert "cannot download the ImageNet weights" in line
+    assert "--weights none" in line and "--weights PATH" in line
+
+
 def test_missing_dataset_points_to_data_readme(tmp_path, capsys):
     out = tmp_path / "run"
     err = _fails_fast(["--data", str(tmp_path / "nowhere"), "--out", str(out), "--weights", "none"], out, capsys)
@@ -189,6 +250,79 @@ def test_converter_chatter_on_file_descriptor_2_is_silenced(capfd):
     os.write(2, b"after\n")
     err = capfd.readouterr().err
     assert "chatter" not in err and "after" in err
+
+
+# --------------------------------------------------------------------------- TensorFlow's own log lines
+
+# What TensorFlow's shared libraries print while they load (absl writes them to stderr
+# before its logging is initialised, whatever TF_CPP_MIN_LOG_LEVEL says)
+TF_CHATTER = ("absl::InitializeLog", "oneDNN", "I0000", "cpu_feature_guard")
+
+
+def _user_env() -> dict:
+    """The environment of a user who set nothing (conftest sets TF_CPP_MIN_LOG_LEVEL for
+    the test process), with oneDNN switched on explicitly: its notice then prints on any
+    x86 machine, not only on those where it is on by default."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "ABSL_MIN_LOG_LEVEL")}
+    env["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    return env
+
+
+def test_importing_keras_after_quiet_tensorflow_prints_nothing_and_verbose_shows_it():
+    code = ("import sys; from busi_classifier.cli import quiet_tensorflow; quiet_tensorflow({verbose}); "
+            "import keras, tensorflow as tf; assert tf.constant(2.0).numpy() == 2.0; "
+            "print('python stderr still works', file=sys.stderr)")
+    runs = {verbose: subprocess.run([sys.executable, "-c", code.format(verbose=verbose)], cwd=ROOT, env=_user_env(),
+                                    capture_output=True, text=True, timeout=300)
+            for verbose in (False, True)}
+    quiet, verbose = runs[False], runs[True]
+    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert quiet.stderr.strip() == "python stderr still works", quiet.stderr
+    if platform.machine().lower() in ("x86_64", "amd64"):  # the control: the lines exist and --verbose shows them
+        assert "oneDNN" in verbose.stderr, verbose.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_of_model_keras_prints_no_tensorflow_log_lines(trained_model, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "busi_classifier", "evaluate", "--model",
+                             str(trained_model / "model.keras"), "--out", str(tmp_path), "--bootstrap", "10", "--quiet"],
+                            cwd=ROOT, env=_user_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stderr.splitlines() if any(m in line for m in TF_CHATTER)], result.stderr
+    assert "test split" in result.stdout
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def test_serve_prints_a_model_that_does_not_load_once(tmp_path):
+    """One `error:` line, not also the handler's own "function not initialised" log line."""
+    result = subprocess.run([sys.executable, "-m", "busi_classifier", "serve", "--model", str(tmp_path / "none"),
+                             "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: model not found"), lines
+
+
+@pytest.mark.slow
+def test_serve_prints_no_litert_info_line(trained_model):
+    """As predict and invoke: no "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."."""
+    import signal
+
+    process = subprocess.Popen([sys.executable, "-m", "busi_classifier", "serve", "--model", str(trained_model),
+                                "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        before = []
+        while not before or "serving" not in before[-1]:
+            line = process.stderr.readline()
+            assert line, f"serve stopped before serving: {before}"
+            before.append(line)
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=30)[1]
+    err = "".join(before) + rest
+    assert "XNNPACK" not in err and "INFO:" not in err, err
+    assert [line for line in err.splitlines() if line.strip()][0].startswith("serving "), err
 
 
 # --------------------------------------------------------------------------- predict
@@ -234,6 +368,38 @@ def test_predict_json_and_no_tensorflow_import(trained_model, synthetic_dir, tmp
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["file"] == str(image) and row["prediction"] in row["probabilities"]
+
+
+def _card_folder(tmp_path):
+    from test_card import card_dict
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps(card_dict()))
+    for name in ("model.tflite", "model_int8_dynamic.tflite", "model_int8_full.tflite"):
+        (folder / name).write_bytes(b"not really a model")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_an_unknown_variant_names_the_flag_the_user_typed(command, tmp_path, monkeypatch, capsys):
+    """--variant float64: the message names --variant (and what there is), not the
+    function's MODEL_VARIANT setting, which the user did not set."""
+    monkeypatch.delenv("MODEL_VARIANT", raising=False)
+    folder = _card_folder(tmp_path)
+    argv = (["evaluate", "--model", str(folder), "--variant", "float64"] if command == "evaluate"
+            else ["predict", "--model", str(folder), "--variant=float64", str(tmp_path / "scan.png")])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --variant 'float64'") and "MODEL_VARIANT" not in err
+    assert "float32, int8_dynamic, int8_full" in err and len(err.strip().splitlines()) == 1
+
+
+def test_flag_values_are_read_in_both_spellings():
+    from busi_classifier.cli import _flag_values
+
+    assert _flag_values(["--model", "m", "--variant=v"], "--model", "--variant") == ["m", "v"]
+    assert _flag_values(["--subset", "val"], "--model", "--variant") == [None, None]
 
 
 def test_predict_without_a_model_is_one_line(tmp_path, capsys):

@@ -7,6 +7,7 @@ API Gateway.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import json
@@ -468,3 +469,106 @@ def test_stack_and_endpoint_are_exclusive(png, capsys):
         main([str(png), "--stack", "s", "--endpoint", "http://127.0.0.1:1/prod"])
     assert exit_info.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --explain
+
+
+def _overlay_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def explained(png_bytes: bytes) -> dict:
+    return {**PREDICTION, "explanation": {"method": "class activation map", "class": "benign",
+                                          "grid": [[0.0, 1.0], [0.5, 0.2]], "grid_shape": [2, 2],
+                                          "overlay_png": base64.b64encode(png_bytes).decode("ascii"),
+                                          "overlay_media_type": "image/png"}}
+
+
+def test_explain_asks_for_the_map_and_writes_the_overlay(server, png, tmp_path, capsys):
+    overlay = _overlay_png()
+    server.route("/prod/predict", 200, explained(overlay))
+    out_file = tmp_path / "maps" / "map.png"
+    out_file.parent.mkdir()
+    rc = main([str(png), "--endpoint", server.base + "/prod", "--explain", "--overlay-out", str(out_file)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    body = json.loads(server.posted()[0]["body"])
+    assert body["explain"] is True and base64.b64decode(body["image"]) == png.read_bytes()
+    assert out_file.read_bytes() == overlay
+    printed = json.loads(out)
+    assert printed["prediction"] == "benign" and printed["explanation"]["grid_shape"] == [2, 2]
+    assert str(out_file) in printed["explanation"]["overlay_png"]  # the file, not 100 KB of base64
+    assert f"overlay written to {out_file}" in err
+
+
+def test_explain_writes_beside_the_image_by_default(server, png, capsys):
+    server.route(EMULATOR_PATH, 200, explained(_overlay_png()))
+    assert main([str(png), "--endpoint", server.base + EMULATOR_PATH, "--explain"]) == 0
+    assert (png.parent / "scan.overlay.png").read_bytes() == _overlay_png()
+    assert png.read_bytes() != _overlay_png()  # the image itself untouched
+
+
+def test_overlay_out_alone_implies_explain(server, png, tmp_path, capsys):
+    server.route("/prod/predict", 200, explained(_overlay_png()))
+    out_file = tmp_path / "o.png"
+    assert main([str(png), "--endpoint", server.base + "/prod", "--overlay-out", str(out_file)]) == 0
+    assert json.loads(server.posted()[0]["body"])["explain"] is True and out_file.is_file()
+
+
+def test_without_explain_nothing_is_asked_or_written(server, png, capsys):
+    assert main([str(png), "--endpoint", server.base + "/prod"]) == 0
+    assert "explain" not in json.loads(server.posted()[0]["body"])
+    assert not (png.parent / "scan.overlay.png").exists()
+
+
+def test_explain_answer_without_an_overlay_is_shown_with_one_error_line(server, png, capsys):
+    server.route("/prod/predict", 200, PREDICTION)  # a server that ignores "explain"
+    rc = main([str(png), "--endpoint", server.base + "/prod", "--explain"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and json.loads(out) == PREDICTION
+    assert err.startswith("error: ") and "overlay_png" in err and len(err.strip().splitlines()) == 1
+    assert not (png.parent / "scan.overlay.png").exists()
+
+
+def test_explain_unavailable_error_answer_writes_nothing(server, png, capsys):
+    unavailable = {"error": {"code": "explain_unavailable", "message": "model exported without class maps"}}
+    server.route("/prod/predict", 501, unavailable)
+    assert main([str(png), "--endpoint", server.base + "/prod", "--explain"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == unavailable and "explain_unavailable" in err
+    assert not (png.parent / "scan.overlay.png").exists()
+
+
+def test_overlay_out_may_not_be_the_image(server, png, capsys):
+    assert main([str(png), "--endpoint", server.base + "/prod", "--overlay-out", str(png)]) == 2
+    assert "is the image itself" in capsys.readouterr().err and server.requests == []
+
+
+def test_default_overlay_path_of_a_url_is_in_the_current_folder():
+    assert client.default_overlay_path("https://example.org/a/scan%201.jpg") == Path("scan 1.overlay.png")
+    assert client.default_overlay_path("https://example.org/") == Path("image.overlay.png")
+
+
+# --------------------------------------------------------------------------- help
+
+
+def test_every_client_flag_has_help_that_shows_its_default():
+    parser = client.build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{action.option_strings[0]} has no help"
+        assert "default" in formatter._expand_help(action), f"{action.option_strings[0]} shows no default"
+
+
+def test_test_py_usage_names_every_flag():
+    import ast
+
+    doc = ast.get_docstring(ast.parse((REPO_ROOT / "test.py").read_text()))
+    for action in client.build_parser()._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            assert max(action.option_strings, key=len) in doc, action.option_strings

@@ -256,8 +256,8 @@ def odd_images() -> dict[str, tuple[bytes, str]]:
         "exif-rotated-jpeg": (exif_rotated_jpeg(), "image/jpeg"),
         "animated-png": (animated("PNG"), "image/png"),
         "1x1-png": (encode(Image.new("L", (1, 1), 77)), "image/png"),
-        "1x4000-strip": (encode(Image.new("L", (1, 4000), 120)), "image/png"),
-        "4000x1-strip": (encode(Image.new("L", (4000, 1), 120)), "image/png"),
+        "4x40-strip": (encode(Image.new("L", (4, 40), 120)), "image/png"),  # the narrowest shape accepted
+        "4000x400-strip": (encode(Image.new("L", (4000, 400), 120)), "image/png"),
         "6000x6000-png-36-megapixels": (encode(Image.new("L", (6000, 6000), 90)), "image/png"),
     }
 

@@ -45,12 +45,7 @@ from busi_classifier.serving.decode import (
 )
 
 SIZE = 32
-FIXED_MESSAGES = {
-    UnsupportedFormatError.message, CorruptImageError.message, ImageTooLargeError.message,
-    decode.EMPTY_MESSAGE, decode.NO_PIXELS_MESSAGE, decode.UNSUPPORTED_JPEG_MESSAGE,
-    decode.TOO_MANY_SCANS_MESSAGE, decode.TOO_MUCH_METADATA_MESSAGE, decode.TOO_MANY_SEGMENTS_MESSAGE,
-    decode.TOO_MANY_CHUNKS_MESSAGE,
-}
+FIXED_MESSAGES = set(decode.FIXED_MESSAGES)
 
 
 def refuse(data: bytes, error: type[InvalidImageError], cpu_budget_s: float = 0.5,

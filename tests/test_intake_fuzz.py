@@ -1,11 +1,15 @@
 """Fuzzing the decoder: random bytes and mutated valid PNG and JPEG files either give the
 model input (uint8, size x size x 3) or raise the project's own InvalidImageError, and
-every example stays within a CPU budget."""
+every example stays within a CPU budget. The metadata targets insert and mutate what
+Pillow's parsers would read (JPEG APPn segments with EXIF and MPF IFDs, PNG ancillary
+chunks with valid CRCs, eXIf IFDs): the intake drops them, and the budget says so."""
 
 from __future__ import annotations
 
 import io
+import struct
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from busi_classifier.serving.decode import InvalidImageError, decode_image
+from busi_classifier.serving.decode import InvalidImageError, decode_image, exif_orientation
 
 SIZE = 32
 CPU_BUDGET_S = 2.0
@@ -95,3 +99,77 @@ def test_mutated_png_and_jpeg(data):
 def test_the_seeds_decode(index):
     check(SEEDS[index])
     assert decode_image(SEEDS[index], SIZE).max() > 0
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@st.composite
+def ifd(draw) -> bytes:
+    """A TIFF structure with random entries (any tag, type, count, offset), some of
+    them pointing back into a shared block: what EXIF and MPF parsers read."""
+    order = draw(st.sampled_from(["<", ">"]))
+    entries = draw(st.integers(0, 300))
+    block = draw(st.binary(max_size=512))
+    rows = []
+    for _ in range(min(entries, 40)):  # hypothesis draws are slow; the rest repeat
+        rows.append(struct.pack(order + "HHII", draw(st.sampled_from([0x0112, 0x8769, 0xB000, 0xB002, 0x927C,
+                                                                      draw(st.integers(0, 0xFFFF))])),
+                                draw(st.integers(0, 13)), draw(st.integers(0, 1 << 31)),
+                                draw(st.sampled_from([8, 8 + 2 + 12 * entries + 4, draw(st.integers(0, 1 << 32 - 1))]))))
+    rows = (rows * (entries // max(1, len(rows)) + 1))[:entries] if rows else []
+    header = (b"II" if order == "<" else b"MM") + struct.pack(order + "HI", 42, 8)
+    return header + struct.pack(order + "H", entries) + b"".join(rows) + b"\0\0\0\0" + block
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+@st.composite
+def jpeg_with_metadata(draw) -> bytes:
+    data = draw(st.sampled_from([s for s in SEEDS if s.startswith(b"\xff\xd8")]))
+    segments = []
+    for _ in range(draw(st.integers(1, 6))):
+        marker = draw(st.sampled_from([0xE0, 0xE1, 0xE2, 0xED, 0xEE, 0xFE, draw(st.integers(0xE0, 0xEF))]))
+        prefix = draw(st.sampled_from([b"Exif\0\0", b"MPF\0", b"JFIF\0", b"Adobe", b"ICC_PROFILE\0\1\1",
+                                       b"Photoshop 3.0\0", b"http://ns.adobe.com/xap/1.0/\0", b""]))
+        payload = (prefix + draw(ifd()))[:65_000]
+        segments.append(b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload)
+    at = draw(st.sampled_from([2, data.index(b"\xff\xda")]))  # after SOI, or just before the first scan
+    return data[:at] + b"".join(segments) + data[at:]
+
+
+@st.composite
+def png_with_ancillary_chunks(draw) -> bytes:
+    data = draw(st.sampled_from([s for s in SEEDS if s.startswith(b"\x89PNG")]))
+    chunks = []
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from([b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"iCCP", b"acTL", b"fcTL", b"fdAT", b"sPLT",
+                                     b"pHYs", b"vpAg"]))
+        body = draw(ifd()) if kind == b"eXIf" else draw(st.binary(max_size=256))
+        if kind in (b"zTXt", b"iCCP"):
+            body = b"k\0\0" + zlib.compress(b"\0" * draw(st.integers(0, 2_000_000)))  # inflate bombs, unread
+        chunks.append(png_chunk(kind, body))
+    at = draw(st.sampled_from([33, data.index(b"IDAT") - 4, len(data) - 12]))  # after IHDR, before IDAT, before IEND
+    return data[:at] + b"".join(chunks) + data[at:]
+
+
+@FUZZ
+@given(jpeg_with_metadata())
+def test_jpeg_metadata_segments(data):
+    check(data)
+
+
+@FUZZ
+@given(png_with_ancillary_chunks())
+def test_png_ancillary_chunks(data):
+    check(data)
+
+
+@FUZZ
+@given(ifd())
+def test_the_orientation_parser_is_total_and_bounded(tiff):
+    start = time.process_time()
+    assert 1 <= exif_orientation(tiff) <= 8
+    assert time.process_time() - start < 0.01

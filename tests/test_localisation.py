@@ -9,15 +9,20 @@ import pytest
 from conftest import BUSI_DIR
 from PIL import Image
 
+from busi_classifier.evaluation import localisation
 from busi_classifier.evaluation.localisation import (
     cam_figure,
     cell_mask,
     centre_map,
+    distinct_frames,
     energy_inside,
+    hit_label,
     localisation_report,
     mask_for_input,
     peak_cell,
+    pointing_game_not_meaningful,
     pointing_hit,
+    served_cam_figure,
 )
 from busi_classifier.serving.decode import decode_image
 
@@ -264,6 +269,141 @@ def test_group_bootstrap_of_triplicated_data_equals_the_single_copy():
     assert np.diff(naive["energy_inside"]["model_ci95"])[0] < 0.8 * width
     with pytest.raises(ValueError, match="group"):
         localisation_report(maps, masks, map_of="predicted", groups=[0, 1])
+
+
+# --------------------------------------------------------------------------- coarse grids
+
+
+def every_one_cell_lesion(grid, size):
+    """One mask per grid cell, holding one pixel in the middle of that cell."""
+    h, w = grid
+    for row in range(h):
+        for col in range(w):
+            mask = np.zeros((size, size), dtype=bool)
+            mask[(2 * row + 1) * size // (2 * h), (2 * col + 1) * size // (2 * w)] = True
+            yield (row, col), mask
+
+
+@pytest.mark.parametrize("grid, dilate, trivial", [
+    ((1, 1), 0, True), ((2, 2), 0, False), ((3, 3), 0, False), ((7, 7), 0, False),
+    ((1, 1), 1, True), ((2, 2), 1, True), ((3, 3), 1, True), ((2, 3), 1, True), ((3, 4), 1, False),
+    ((4, 4), 1, False), ((7, 7), 1, False), ((5, 5), 2, True), ((6, 6), 2, False),
+])
+def test_the_pointing_game_is_not_meaningful_where_the_centre_cell_covers_the_grid(grid, dilate, trivial):
+    """The rule (the centre cell, dilated, covers every cell) is exactly "the centre
+    baseline hits a lesion in any cell", checked cell by cell."""
+    reason = pointing_game_not_meaningful(grid, dilate)
+    assert (reason is not None) == trivial
+    size = 32 * max(grid)
+    centre = centre_map(grid)
+    hits_everywhere = all(pointing_hit(centre, mask, dilate) for _, mask in every_one_cell_lesion(grid, size))
+    assert hits_everywhere == trivial
+    if trivial:
+        assert f"{grid[0]}x{grid[1]} grid" in reason and "1.0" in reason
+
+
+@pytest.mark.parametrize("size", [64, 96])  # the test model (2x2 cells) and make demo (3x3 cells)
+def test_report_on_a_coarse_grid_gives_no_pointing_game_number(size):
+    grid = (size // 32, size // 32)
+    lesion = box_mask(0, 0, 20, 20, size)  # in the top-left cell only
+    maps = [peaked(0, 0, grid), peaked(grid[0] - 1, grid[1] - 1, grid), peaked(0, 0, grid)]
+    report = localisation_report(maps, [lesion] * 3, n_resamples=50, map_of="predicted")
+    pointing = report["pointing_game"]
+    assert report["grid"] == list(grid) and report["n"] == 3
+    assert pointing["model"] is None and pointing["model_ci95"] is None
+    assert pointing["model_minus_centre"] is None and pointing["model_minus_centre_ci95"] is None
+    assert pointing["centre_baseline"] == 1.0  # the reason, kept
+    assert "not meaningful" in pointing["not_meaningful"] and f"{grid[0]}x{grid[1]}" in pointing["not_meaningful"]
+    assert report["energy_inside"]["model"] is not None  # energy inside is still measured
+    # without slack the game means something on these grids: the corner peak misses
+    strict = localisation_report(maps, [lesion] * 3, n_resamples=50, map_of="predicted", dilate_cells=0)
+    assert strict["pointing_game"]["not_meaningful"] is None
+    assert strict["pointing_game"]["model"] == pytest.approx(2 / 3)
+    # and at 224 px (7x7) with slack, as before
+    fine = localisation_report([peaked(0, 0)], [TOP_LEFT], n_resamples=10, map_of="predicted")
+    assert fine["pointing_game"]["not_meaningful"] is None and fine["pointing_game"]["model"] == 1.0
+    assert "not_meaningful" in report["definition"]
+
+
+def test_report_refuses_maps_of_different_grids():
+    with pytest.raises(ValueError, match="grid"):
+        localisation_report([peaked(0, 0), peaked(0, 0, (3, 3))], [TOP_LEFT, box_mask(0, 0, 9, 9, 96)],
+                            map_of="predicted")
+
+
+def test_hit_label_is_the_metrics_own_test():
+    # 7x7: the label is pointing_hit with one cell of slack, the report's headline, for every peak
+    for row in range(7):
+        for col in range(7):
+            cam = peaked(row, col)
+            one = localisation_report([cam], [TOP_LEFT], n_resamples=5, map_of="predicted")
+            expected = "hit" if one["pointing_game"]["model"] == 1.0 else "miss"
+            assert hit_label(cam, TOP_LEFT) == expected == ("hit" if pointing_hit(cam, TOP_LEFT) else "miss")
+    # 2x2 (64 px): the lesion in the top-left quadrant, the peak in the opposite one. With one
+    # cell of slack that is a "hit" (every cell touches every other): the label says miss
+    lesion = box_mask(0, 0, 20, 20, 64)
+    opposite = peaked(1, 1, (2, 2))
+    assert pointing_hit(opposite, lesion, dilate_cells=1)  # why the old label said hit
+    assert hit_label(opposite, lesion) == "miss, no slack"
+    assert hit_label(peaked(0, 0, (2, 2)), lesion) == "hit, no slack"
+    strict = localisation_report([opposite], [lesion], n_resamples=5, map_of="predicted", dilate_cells=0)
+    assert strict["pointing_game"]["model"] == 0.0  # the same verdict as the dilate_0 figure
+    assert hit_label(peaked(0, 0, (1, 1)), box_mask(0, 0, 9, 9, 32)) == "pointing n/a"
+
+
+def smooth_image(seed: int, size: int = 96) -> np.ndarray:
+    """A letterboxed model input: smooth random texture, black bars top and bottom."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (6, 8), dtype=np.uint8)
+    picture = np.asarray(Image.fromarray(small).resize((size, size * 3 // 4), Image.Resampling.BICUBIC))
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    top = (size - picture.shape[0]) // 2
+    image[top:top + picture.shape[0]] = picture[..., None]
+    return image
+
+
+def test_distinct_frames_keeps_one_image_per_frame():
+    images = [smooth_image(s) for s in range(5)]
+    marked = images[1].copy()
+    marked[40:43, 30:60] = 255  # the same frame with a caliper line drawn on it
+    brighter = np.clip(images[3].astype(int) + 6, 0, 255).astype(np.uint8)
+    brighter[images[3] == 0] = 0  # the padding stays black
+    batch = images + [images[0].copy(), marked, brighter]
+    assert distinct_frames(batch) == [0, 1, 2, 3, 4]
+    # the split's groups decide where they are given; identical pixels are one frame anyway
+    assert distinct_frames(batch, groups=list("abcdeafg")) == [0, 1, 2, 3, 4, 6, 7]
+    assert distinct_frames(batch, groups=list("aacdefgh")) == [0, 2, 3, 4, 6, 7]
+    with pytest.raises(ValueError, match="group"):
+        distinct_frames(batch, groups=["a"])
+
+
+def test_served_cam_figure_shows_each_frame_once_with_the_metrics_labels(tmp_path, monkeypatch):
+    drawn = {}
+
+    def record(images, maps, masks, titles, path, max_images=8, title=""):
+        drawn.update(images=np.asarray(images), titles=list(titles), title=title)
+        return cam_figure(images, maps, masks, titles, path, max_images=max_images, title=title)
+
+    monkeypatch.setattr(localisation, "cam_figure", record)
+    size, grid = 64, (2, 2)  # what the tests' model exports: the pointing game needs no slack here
+    frames = [smooth_image(s, size) for s in range(4)]
+    images = np.stack([frames[0], frames[0], frames[1], frames[1], frames[2], frames[3], frames[0]])
+    lesion = box_mask(0, 0, 20, 20, size)  # top-left quadrant
+    masks = [lesion, lesion, lesion, lesion, None, lesion, lesion]
+    peaks = [(1, 1), (1, 1), (0, 0), (0, 0), (0, 0), (1, 0), (1, 1)]
+    maps = np.full((len(images), *grid, 3), -1.0)
+    for i, (row, col) in enumerate(peaks):
+        maps[i, row, col, 1] = 2.0  # the benign map peaks there
+    probabilities = np.tile([0.1, 0.8, 0.1], (len(images), 1))
+    path = served_cam_figure(images, maps, probabilities, [1] * len(images), masks, ["normal", "benign", "malignant"],
+                             tmp_path / "cams.png", "test split, model.tflite")
+    assert path.is_file()
+    shown = [bytes(image.tobytes()) for image in drawn["images"]]
+    assert len(shown) == len(set(shown)) == 3  # frames 0, 1 and 3 (2 has no lesion), each once
+    assert drawn["titles"] == ["benign: predicted benign 0.80, miss, no slack",
+                               "benign: predicted benign 0.80, hit, no slack",
+                               "benign: predicted benign 0.80, miss, no slack"]
+    assert "one image per frame" in drawn["title"] and "on a 2x2 grid" in drawn["title"]
 
 
 # --------------------------------------------------------------------------- figure

@@ -469,6 +469,9 @@ def test_page_with_the_real_model(browser, trained_model, tmp_path):
         assert status == 200, expected
         assert_shows(browser, expected)
         assert by_id(browser, "model-version").text == health["model_version"]
+        # its card's test figures under the class; trained on conftest's synthetic folder: the demo notice
+        assert shown_figures(browser).startswith(health["model"]["text"] + ". Full report: ")
+        assert health["model"]["synthetic"] and by_id(browser, "demo-notice").is_displayed()
         assert_picture_letterboxed(browser, image.read_bytes())
         if health.get("explain"):
             assert_heatmap_drawn(browser, expected["explanation"]["grid"])
@@ -478,5 +481,161 @@ def test_page_with_the_real_model(browser, trained_model, tmp_path):
             assert "No heat map" in by_id(browser, "no-heatmap").text
             sent = [json.loads(e["body"]) for e in srv.recorder.events if e["path"] == "/predict"][0]  # the page's
             assert "explain" not in sent
+    finally:
+        stop(srv)
+
+
+# --- how good the model is, and the size limit (issue 23 items 1 and 4) -------------
+
+
+def health_edited(handler, edit):
+    """``handler`` with its /health body passed through ``edit`` (an older or another API)."""
+    def call(event, context):
+        answer = handler(event, context)
+        if event.get("path") == "/health" and answer.get("body"):
+            body = json.loads(answer["body"])
+            edit(body)
+            answer = {**answer, "body": json.dumps(body)}
+        return answer
+    return call
+
+
+def predict_events(server) -> list:
+    return [e for e in server.recorder.events if e["path"] == "/predict" and e["httpMethod"] == "POST"]
+
+
+def shown_figures(driver) -> str:
+    return by_id(driver, "model-figures").text
+
+
+@needs_browser
+def test_page_shows_the_models_test_figures_and_the_demo_notice(browser, tmp_path):
+    from test_model_summary import CardStub
+
+    srv = start(Recorder(stub_handler(CardStub())))
+    try:
+        open_page(browser, srv.url + "/")
+        summary = get_json(srv, "/health")["model"]
+        notice = by_id(browser, "demo-notice")
+        assert summary["notice"] == "demo model, synthetic data: not a classifier of real scans"
+        assert notice.is_displayed()  # at the top, before any image
+        assert by_id(browser, "demo-notice-text").text.lower() == "demo model, synthetic data: not a classifier of " \
+                                                                   "real scans."
+        upload(browser, scan_png(tmp_path / "scan.png"), "done")
+        figures = by_id(browser, "model-figures")
+        assert figures.is_displayed() and figures.get_attribute("data-known") == "true"
+        assert shown_figures(browser) == (
+            "Test accuracy 0.72 (95 % CI 0.60-0.84) on 43 images, macro-F1 0.70 (95 % CI 0.57-0.82); random "
+            "initialisation. Full report: docs/evaluation.md in the project's repository.")
+        assert shown_figures(browser).startswith(summary["text"])
+        # under the class, in the answer
+        assert browser.execute_script(
+            "return document.getElementById('prediction').closest('section')"
+            " === document.getElementById('model-figures').closest('section')")
+        assert notice.is_displayed()
+    finally:
+        stop(srv)
+
+
+@needs_browser
+@pytest.mark.parametrize("model", ["real data", "no card", "older api"])
+def test_page_without_a_demo_model_shows_no_notice(browser, tmp_path, model):
+    from test_model_summary import CardStub, demo_card
+
+    if model == "real data":
+        handler = stub_handler(CardStub(demo_card(root="/data/Dataset_BUSI_with_GT", weights="imagenet")))
+    elif model == "no card":
+        handler = stub_handler()  # a .tflite served without model.json: "model" is null
+    else:  # an API older than the "model" field
+        handler = health_edited(stub_handler(CardStub()), lambda body: body.pop("model"))
+    srv = start(Recorder(handler))
+    try:
+        open_page(browser, srv.url + "/")
+        upload(browser, scan_png(tmp_path / "scan.png"), "done")
+        assert not by_id(browser, "demo-notice").is_displayed()
+        if model == "real data":
+            assert shown_figures(browser) == (
+                "Test accuracy 0.72 (95 % CI 0.60-0.84) on 43 images, macro-F1 0.70 (95 % CI 0.57-0.82); started "
+                "from ImageNet weights. Full report: docs/evaluation.md in the project's repository.")
+        else:
+            assert shown_figures(browser) == ("How good this model is: not known (the API's health check did not "
+                                              "say).")
+            assert by_id(browser, "model-figures").get_attribute("data-known") == "false"
+    finally:
+        stop(srv)
+
+
+def padded_png(total: int, seed: int = 0) -> bytes:
+    """A valid PNG of exactly ``total`` bytes: random gray pixels (incompressible), then a
+    tEXt chunk of spaces (an ancillary chunk decoders skip) to make up the size."""
+    import struct
+    import zlib
+
+    rng = np.random.default_rng(seed)
+    side = int((total * 0.99) ** 0.5)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8), mode="L").save(buffer, "PNG",
+                                                                                       compress_level=1)
+    data = buffer.getvalue()
+    body = b"tEXt" + b"Comment\0" + b" " * (total - len(data) - 12 - len(b"Comment\0"))
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+    png = data[:-12] + chunk + data[-12:]  # before IEND
+    assert len(png) == total
+    return png
+
+
+def test_the_pages_fallback_limit_is_the_apis():
+    from busi_classifier.serving.api import MAX_IMAGE_BYTES
+
+    script = (STATIC_DIR / "app.js").read_text()
+    assert f"const DEFAULT_IMAGE_BYTES = {MAX_IMAGE_BYTES};" in script
+    assert "6 * 1024 * 1024" not in script
+
+
+@needs_browser
+def test_page_refuses_a_file_over_the_apis_image_limit_and_sends_one_at_it(browser, server, tmp_path):
+    """The limit is the API's (GET /health limits.image_bytes: 4,400,000 bytes of image):
+    a file one byte over it is refused on the page, without a request; a file of exactly
+    that size is sent and answered (the old 6 MiB check let a 5.08 MB file through to a
+    413 and would have refused nothing between 4.4 and 6.3 MB the API could not take)."""
+    limit = get_json(server, "/health")["limits"]["image_bytes"]
+    assert limit == 4_400_000
+    at_limit = tmp_path / "at-limit.png"
+    at_limit.write_bytes(padded_png(limit))
+    over = tmp_path / "over.png"
+    over.write_bytes(padded_png(limit + 1))
+    issue = tmp_path / "issue.png"
+    issue.write_bytes(padded_png(5_080_000))  # the issue's file: 6.77 MB as base64 JSON
+    # the API itself: one byte over is 413, the limit itself is answered
+    status, answer = post_predict(server, over.read_bytes(), explain=False)
+    assert status == 413 and answer["error"]["code"] == "payload_too_large"
+    open_page(browser, server.url + "/")
+    for path in (over, issue):
+        before = len(predict_events(server))
+        upload(browser, path, "error")
+        size = path.stat().st_size
+        assert by_id(browser, "error").text.startswith(
+            f"This file is {size:,} bytes ({size / 1e6:.2f} MB); the API takes at most 4,400,000 bytes (4.40 MB) "
+            "of image per request")
+        assert len(predict_events(server)) == before  # nothing sent
+    upload(browser, at_limit, "done")
+    [sent] = [json.loads(e["body"]) for e in predict_events(server)[-1:]]
+    assert base64.b64decode(sent["image"]) == at_limit.read_bytes()
+
+
+@needs_browser
+def test_page_takes_its_size_limit_from_health(browser, tmp_path):
+    small = 60_000
+    srv = start(Recorder(health_edited(stub_handler(), lambda body: body.update(limits={"image_bytes": small}))))
+    try:
+        fits, too_big = tmp_path / "fits.png", tmp_path / "too-big.png"
+        fits.write_bytes(padded_png(small))
+        too_big.write_bytes(padded_png(small + 1))
+        open_page(browser, srv.url + "/")
+        upload(browser, too_big, "error")
+        assert "the API takes at most 60,000 bytes (0.06 MB) of image" in by_id(browser, "error").text
+        assert predict_events(srv) == []
+        upload(browser, fits, "done")
+        assert len(predict_events(srv)) == 1
     finally:
         stop(srv)

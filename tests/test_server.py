@@ -4,6 +4,7 @@ requests become API Gateway events, the handler's answers become HTTP responses.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -13,13 +14,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from api_stub import stub_handler
 from conftest import ROOT, ServeProcess
 from PIL import Image
 
-from busi_classifier.local.server import encode_body, make_server, request_event, response_parts
+from busi_classifier.local.server import BUSY_MESSAGE, encode_body, make_server, request_event, response_parts
 from busi_classifier.serving.api import MAX_BODY_BYTES, http_request
 
 
@@ -71,7 +73,7 @@ def test_health(server):
     status, headers, data = call(server, "GET", "/health")
     assert status == 200 and headers["content-type"] == "application/json"
     assert json.loads(data) == {"status": "ok", "model_version": "stub-1", "classes": ["normal", "benign", "malignant"],
-                                "explain": True}
+                                "explain": True, "model": None, "limits": {"image_bytes": 4_400_000}}
     assert headers["access-control-allow-origin"] == "*"
     [event] = server.recorder.events
     assert http_request(event) == ("GET", "/health")
@@ -201,7 +203,7 @@ def raw_exchange(server, request: bytes, then_wait: float = 10) -> bytes:
                 if not chunk:
                     break
                 chunks.append(chunk)
-        except TimeoutError:
+        except (TimeoutError, ConnectionResetError):  # a reset after the answer: the server closed unread bytes
             pass
     return b"".join(chunks)
 
@@ -274,6 +276,189 @@ def test_serve_builds_the_handler_from_the_package_not_lambda_function():
     source = (ROOT / "busi_classifier" / "local" / "server.py").read_text()
     source += (ROOT / "busi_classifier" / "local" / "invoke.py").read_text()
     assert "lambda_function" not in source and "sys.path" not in source and "os.environ" not in source
+
+
+# --------------------------------------------------------------------------- hardening (issue 19)
+
+
+class BlockingHandler:
+    """The stub handler, except that a POST waits for ``release`` (a slow model)."""
+
+    def __init__(self):
+        self.inner = stub_handler()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, event, context):
+        if http_request(event)[0] == "POST":
+            self.entered.set()
+            self.release.wait(20)
+        return self.inner(event, context)
+
+
+@contextlib.contextmanager
+def serving(handler, **options):
+    srv = make_server(handler, port=0, **options)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        handler.release.set()
+        srv.shutdown()
+        srv.server_close()
+
+
+def in_background(server, method, path, body=None, headers=None):
+    """``call`` in a thread; the answer lands in the returned list."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(call(server, method, path, body, headers)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def wait_until(predicate, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_health_does_not_wait_behind_a_slow_predict():
+    handler = BlockingHandler()
+    with serving(handler) as srv:
+        thread, result = in_background(srv, "POST", "/predict", PNG, {"Content-Type": "image/png"})
+        assert handler.entered.wait(10)  # the POST holds the model lock now
+        for method in ("GET", "HEAD", "OPTIONS"):
+            started = time.monotonic()
+            status = call(srv, method, "/health" if method != "OPTIONS" else "/predict")[0]
+            assert status in (200, 204) and time.monotonic() - started < 2, (method, status)
+        assert result == []  # the POST is still waiting for the model
+        handler.release.set()
+        thread.join(10)
+        assert result[0][0] == 200
+
+
+def test_requests_with_a_body_beyond_the_limit_get_503_and_bodiless_ones_are_served():
+    handler = BlockingHandler()
+    with serving(handler, max_in_flight=2) as srv:
+        first, first_result = in_background(srv, "POST", "/predict", PNG, {"Content-Type": "image/png"})
+        assert handler.entered.wait(10)
+        second, second_result = in_background(srv, "POST", "/predict", PNG, {"Content-Type": "image/png"})
+        wait_until(lambda: srv.in_flight == 2)  # the second has read its body and waits for the model
+        for body, headers in [(PNG, {"Content-Type": "image/png"}),
+                              (iter([PNG[:30], PNG[30:]]), {"Content-Type": "image/png", "Transfer-Encoding": "chunked"})]:
+            connection = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+            connection.request("POST", "/predict", body=body, headers=headers, encode_chunked="Transfer-Encoding" in headers)
+            response = connection.getresponse()
+            data = response.read()
+            connection.close()
+            assert response.status == 503 and response.getheader("Connection") == "close"
+            assert int(response.getheader("Retry-After")) >= 1
+            assert json.loads(data) == {"error": {"code": "busy", "message": BUSY_MESSAGE}}
+        # requests without a body are never refused, whatever is in flight
+        assert call(srv, "GET", "/health")[0] == 200
+        assert call(srv, "GET", "/health", None, {"Content-Length": "0"})[0] == 200
+        assert call(srv, "OPTIONS", "/predict")[0] == 204
+        assert call(srv, "GET", "/")[0] == 200
+        assert srv.in_flight == 2
+        handler.release.set()
+        first.join(10)
+        second.join(10)
+        assert first_result[0][0] == second_result[0][0] == 200
+        assert srv.in_flight == 0  # given back, and a new POST is served
+        assert call(srv, "POST", "/predict", PNG, {"Content-Type": "image/png"})[0] == 200
+
+
+def test_max_in_flight_is_at_least_one():
+    with pytest.raises(ValueError, match="max_in_flight"):
+        make_server(stub_handler(), port=0, max_in_flight=0)
+
+
+SMUGGLED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
+
+
+def status_lines(answer: bytes) -> list[bytes]:
+    return re.findall(rb"(?:^|\r\n)(HTTP/1\.[01] \d{3})", answer)
+
+
+@pytest.mark.parametrize("headers, body", [
+    (b"Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"),
+    (b"Content-Length: 0\r\nContent-Length: 5\r\n", b"hello"),
+    (b"Content-Length: 5\r\n" + CHUNKED, b"0\r\n\r\n"),
+    (CHUNKED + b"Content-Length: 5\r\n", b"0\r\n\r\n"),
+    (CHUNKED + CHUNKED, b"0\r\n\r\n"),
+    (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n", b"0\r\n\r\n"),
+    (b"Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"),
+    (b"Transfer-Encoding: chunkedx\r\n", b"0\r\n\r\n"),
+    (b"Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n"),
+    (b"Transfer-Encoding: chunked, chunked\r\n", b"0\r\n\r\n"),
+    (b"Transfer-Encoding: identity\r\n", b"0\r\n\r\n"),
+    (b"Transfer-Encoding:\x0bchunked\r\n", b"0\r\n\r\n"),  # a vertical tab is not whitespace in HTTP
+    (b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"),  # a space before the colon
+    (b"X-A: 1\r\n Transfer-Encoding: chunked\r\n", b"0\r\n\r\n"),  # an obsolete line folding
+    (b"Content-Length: \x0c5\r\n", b"hello"),
+    (CHUNKED, b"5\r\nhelloXY0\r\n\r\n"),  # the chunk is not followed by CRLF
+    (CHUNKED, b"5\r\nhello\n0\r\n\r\n"),
+    (CHUNKED, b"5\nhello\r\n0\r\n\r\n"),  # a size line ended by a bare LF
+    (CHUNKED, b"0\r\n" + b"".join(b"X-T%d: 1\r\n" % i for i in range(17)) + b"\r\n"),  # 17 trailer lines
+    (CHUNKED, b"0\r\nX-T: " + b"a" * 8200 + b"\r\n\r\n"),  # over 8192 bytes of trailers
+    (CHUNKED, b"0\r\nX-T: 1\n\r\n"),
+], ids=lambda value: value[:40].decode("latin-1").replace("\r\n", "|") if isinstance(value, bytes) else None)
+def test_ambiguous_framing_is_a_400_that_closes_the_connection(server, headers, body):
+    """Two parsers must never read one request two ways: the bytes after a refused
+    request are not answered as a second request (today's GET /health behind it)."""
+    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + body + SMUGGLED)
+    assert status_lines(answer) == [b"HTTP/1.1 400"], answer[:300]
+    head, _, data = answer.partition(b"\r\n\r\n")
+    assert b"\r\nConnection: close" in head
+    assert json.loads(data)["error"]["code"] == "invalid_request"
+    assert server.recorder.events == []  # neither the POST nor the smuggled GET reached the handler
+    assert server.in_flight == 0
+
+
+def test_trailer_limits_are_the_constants():
+    from busi_classifier.local.server import MAX_IN_FLIGHT, MAX_TRAILER_BYTES, MAX_TRAILER_LINES
+
+    assert (MAX_TRAILER_LINES, MAX_TRAILER_BYTES, MAX_IN_FLIGHT) == (16, 8192, 4)
+
+
+@pytest.mark.parametrize("encoding", [b"chunked", b"Chunked", b" CHUNKED\t"])
+def test_strict_chunked_bodies_with_trailers_are_served(server, encoding):
+    trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 400) for i in range(16))  # 16 lines, under 8192 bytes
+    body = b"%x\r\n%s\r\n%x;ext=1\r\n%s\r\n0\r\n%s\r\n" % (30, PNG[:30], len(PNG) - 30, PNG[30:], trailers)
+    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                  b"Transfer-Encoding:" + encoding + b"\r\nConnection: close\r\n\r\n" + body)
+    assert status_lines(answer) == [b"HTTP/1.1 200"], answer[:300]
+    assert base64.b64decode(server.recorder.events[0]["body"]) == PNG
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /health HTTP/<script>\r\nHost: x\r\n\r\n",
+    b"GET /health <SCRIPT>alert(1)</SCRIPT>\r\nHost: x\r\n\r\n",
+    b"GET /a <script> HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"<script>alert(1)</script> /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"<script> /health\r\n\r\n",
+    b"<script>\r\n\r\n",
+    b"GET /<script>" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nX-A: <script>" + b"a" * 70000 + b"\r\n\r\n",
+], ids=["version", "version-upper", "four-words", "method", "http09-method", "one-word", "long-uri", "long-header"])
+def test_the_servers_own_errors_never_repeat_the_request(server, raw):
+    answer = raw_exchange(server, raw)
+    head, _, data = answer.partition(b"\r\n\r\n")
+    assert re.match(rb"HTTP/1\.1 (400|405) ", head), answer[:300]  # a status line, also for a version that did not parse
+    assert b"<script>" not in answer.lower()
+    assert json.loads(data)["error"]["code"] in ("invalid_request", "method_not_allowed")
+    assert server.recorder.events == []
+
+
+def test_413_does_not_repeat_the_claimed_length(server):
+    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 987654321012\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413") and b"987654321012" not in answer
+    size = MAX_BODY_BYTES + 12345
+    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\n" + CHUNKED + b"\r\n%x\r\nabc" % size, then_wait=5)
+    assert answer.startswith(b"HTTP/1.1 413") and str(size).encode() not in answer
+    assert str(MAX_BODY_BYTES).encode() in answer  # our limit may appear
 
 
 # --------------------------------------------------------------------------- the command

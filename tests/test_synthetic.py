@@ -52,7 +52,10 @@ def _bbox(mask):
 
 
 def test_busi_layout_names_and_masks(dataset):
-    assert sorted(p.name for p in dataset.iterdir()) == sorted(CLASSES)
+    from busi_classifier.data.synthetic import SYNTHETIC_MARKER
+
+    assert sorted(p.name for p in dataset.iterdir()) == sorted([*CLASSES, SYNTHETIC_MARKER])
+    assert "Not real ultrasound" in (dataset / SYNTHETIC_MARKER).read_text()  # training records it (dataset.synthetic)
     for label in CLASSES:
         files = sorted(p.name for p in (dataset / label).iterdir())
         for name in files:

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from busi_classifier.config import NEAR_DUPLICATE_BITS
 from busi_classifier.data import crop_match as cm
 from busi_classifier.data.dataset import DatasetError, Sample, find_dataset_root, read_dataset
 from busi_classifier.serving.constants import CLASSES
-from busi_classifier.serving.decode import InvalidImageError, open_image, to_rgb
+from busi_classifier.serving.decode import InvalidImageError, apply_orientation, inspect_image, open_image, to_rgb
 
 HASH_SIZE = 64  # side of the image the DCT is taken on
 HASH_FREQUENCIES = 16  # the HASH_FREQUENCIES x HASH_FREQUENCIES lowest frequencies make the hash
@@ -78,7 +78,11 @@ _DCT = _dct_matrix(HASH_SIZE)
 def perceptual_hash(data: bytes | Image.Image) -> np.ndarray:
     """255-bit DCT hash of image bytes or of a gray image (bool array); robust to
     resizing, small overlays and colour mode, sensitive to content. Raises InvalidImageError."""
-    gray_image = data if isinstance(data, Image.Image) else _gray(open_image(data))
+    if isinstance(data, Image.Image):
+        gray_image = data
+    else:
+        intake = inspect_image(data)
+        gray_image = _gray(open_image(intake), intake.orientation)
     # Stretched to a square, not letterboxed: black bars would make unrelated images of
     # the same aspect ratio look alike.
     gray = np.asarray(gray_image.resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BOX), dtype=np.float64)
@@ -86,17 +90,19 @@ def perceptual_hash(data: bytes | Image.Image) -> np.ndarray:
     return coefficients > np.median(coefficients)
 
 
-def _gray(image: Image.Image) -> Image.Image:
-    return to_rgb(ImageOps.exif_transpose(image)).convert("L")
+def _gray(image: Image.Image, orientation: int = 1) -> Image.Image:
+    """Upright (the EXIF orientation read by the intake's own parser), gray."""
+    return apply_orientation(to_rgb(image), orientation).convert("L")
 
 
 def describe(sample: Sample, root: Path) -> ImageRecord:
     data = sample.path.read_bytes()
     try:
-        image = open_image(data)
+        intake = inspect_image(data)
+        image = open_image(intake)
         mode = image.mode
         rgb = np.asarray(to_rgb(image), dtype=np.uint8)
-        gray = _gray(image)
+        gray = _gray(image, intake.orientation)
         phash = perceptual_hash(gray)
         small = cm.small_image(gray)
     except (InvalidImageError, OSError) as exc:

@@ -50,6 +50,12 @@ MALIGNANT_SHADOW_PROBABILITY = 0.85
 SECOND_LESION_PROBABILITY = 0.1
 RGB_PROBABILITY = 0.5
 PNG_COMPRESS_LEVEL = 3  # zlib level for the images: ~2x faster than 6, ~10 % larger files
+# Written at the root of every synthetic dataset: training records it in model.json
+# (dataset.synthetic), so that the page, predict and the card say "demo model".
+SYNTHETIC_MARKER = "SYNTHETIC.md"
+SYNTHETIC_MARKER_TEXT = ("# Synthetic data\n\nMade by `python -m busi_classifier synthesize`: ultrasound-like "
+                         "speckle with drawn lesions, in the BUSI folder layout. Not real ultrasound images; a model "
+                         "trained on them is a demo of the pipeline, not a classifier of real scans.\n")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -529,6 +535,7 @@ def generate_dataset(
     jobs = [(ci, label, n) for ci, label in enumerate(CLASSES) for n in range(1, per_class + 1)]
     for label in CLASSES:
         (out / label).mkdir(parents=True, exist_ok=True)
+    (out / SYNTHETIC_MARKER).write_text(SYNTHETIC_MARKER_TEXT)
 
     for class_index, label, number in tqdm(jobs, desc="synthetic images", unit="img", disable=not progress):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(class_index, number)))

@@ -28,27 +28,44 @@ def _save(fig, path: Path, title: str) -> Path:
     return path
 
 
-def training_curves(history: dict, best_epoch: int | None, path: Path) -> Path:
+# Up to this many epochs each one gets a marker: a one-epoch run is a single point per
+# curve, which a line alone does not draw at all.
+MARKER_MAX_EPOCHS = 30
+
+
+def training_curves_figure(history: dict, best_epoch: int | None):
+    """The training curves of ``history`` (loss, macro-F1, macro AUC; train and val) as
+    a matplotlib Figure: dotted lines at phase boundaries, a dashed one at the kept
+    epoch, a marker on every epoch when there are at most MARKER_MAX_EPOCHS."""
     keys = [("loss", "loss"), ("macro_f1", "macro-F1"), ("macro_auc", "macro AUC")]
     keys = [(k, t) for k, t in keys if k in history]
     fig, axes = _figure(1, len(keys), (4.6 * len(keys), 3.6))
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    style = {"marker": "o", "markersize": 4} if len(epochs) <= MARKER_MAX_EPOCHS else {}
     phases = history.get("phase", [])
     starts = [i + 1 for i in range(1, len(phases)) if phases[i] != phases[i - 1]]
     for ax, (key, title) in zip(axes[0], keys, strict=True):
-        ax.plot(epochs, history[key], label="train", color="#1f77b4")
+        ax.plot(epochs, history[key], label="train", color="#1f77b4", **style)
         if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], label="val", color="#ff7f0e")
+            ax.plot(epochs, history[f"val_{key}"], label="val", color="#ff7f0e", **style)
         for s in starts:
             ax.axvline(s - 0.5, color="#999999", linestyle=":", linewidth=1)
         if best_epoch:
             ax.axvline(best_epoch, color="#2ca02c", linestyle="--", linewidth=1, label=f"kept (epoch {best_epoch})")
         if key == "loss":
             ax.set_yscale("log")
+        if 0 < len(epochs) <= 12:
+            ax.set_xticks(epochs)  # whole epochs, not 0.96, 0.98, ... around a single one
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def training_curves(history: dict, best_epoch: int | None, path: Path) -> Path:
+    """Write ``training_curves_figure`` to ``path``."""
     title = "Training curves (dotted: phase boundaries)"
+    fig = training_curves_figure(history, best_epoch)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path, title)
 

@@ -18,6 +18,14 @@ a map that beats the baseline shows more than the photographer's habit of centri
 lesion. ``localisation_report`` gives both numbers with percentile-bootstrap intervals
 (images, or whole near-duplicate groups, resampled), ``cam_figure`` the overlays.
 
+On a coarse grid the pointing game says nothing: with ``d`` cells of slack the centre
+cell, dilated, covers the whole grid once the grid is at most ``2d + 1`` cells a side
+(3x3 and 2x2 with one cell: a 96 px or 64 px input), so the centre baseline hits every
+lesion, 1.0 by construction, and no map can beat it (on 2x2 every peak hits). There
+(``pointing_game_not_meaningful``) the report gives no pointing-game number: the model's
+value and its difference from the baseline are None, with the reason; the baseline's 1.0
+stays, to show why. The figure's hit/miss labels use the same test as the metric.
+
 NumPy and Pillow only (matplotlib is imported inside ``cam_figure``).
 """
 
@@ -51,6 +59,10 @@ DEFINITIONS = {
         "model input, sigma a quarter of its side."),
     "uniform_baseline": (
         "Mean share of the square model input covered by the lesion: the energy inside of a flat map."),
+    "not_meaningful": (
+        "Set (with the reason) where the centre cell dilated by dilate_cells covers the whole grid (at most 3x3 "
+        "cells with one cell of slack): the centre baseline then hits every lesion, and the pointing game's model "
+        "value and difference are null."),
     "model_ci95": (
         "Percentile bootstrap 95 % interval, resampling images (or whole groups when group ids are given)."),
     "model_minus_centre": (
@@ -151,6 +163,41 @@ def peak_cell(cam: np.ndarray) -> tuple[int, int] | None:
     return int(index[0]), int(index[1])
 
 
+def pointing_game_not_meaningful(grid_shape: tuple[int, int], dilate_cells: int = DEFAULT_DILATE_CELLS) -> str | None:
+    """Why the pointing game with ``dilate_cells`` cells of slack means nothing on a grid
+    of ``grid_shape`` cells, or None when it can mean something.
+
+    The centre baseline's peak is the cell (h // 2, w // 2) (``centre_map``). When that
+    cell, dilated by ``dilate_cells`` (8-neighbourhood), covers every cell of the grid,
+    every lesion touches it: the centre baseline scores 1.0 whatever the data, and a
+    model cannot do better. With one cell of slack that is every grid of at most 3x3
+    cells (a 96 px input or smaller, 32 px a cell); with none, only a 1x1 grid."""
+    h, w = int(grid_shape[0]), int(grid_shape[1])
+    d = max(0, int(dilate_cells))
+    row, col = h // 2, w // 2
+    if row - d > 0 or row + d < h - 1 or col - d > 0 or col + d < w - 1:
+        return None
+    side = 2 * d + 2  # the smallest square grid on which the dilated centre cell leaves a cell out
+    return (f"not meaningful on a {h}x{w} grid with {d} cell(s) of slack: the centre cell, dilated, covers every "
+            f"cell, so the centre baseline hits every lesion (1.0 by construction) and no map can beat it; it needs "
+            f"a grid of at least {side}x{side} cells ({side * 32} px input or more)"
+            + ("" if d == 0 else ", or dilate_cells=0"))
+
+
+def hit_label(cam: np.ndarray, mask: np.ndarray, dilate_cells: int = DEFAULT_DILATE_CELLS) -> str:
+    """What a figure says of one map: "hit" or "miss" by ``pointing_hit`` with
+    ``dilate_cells`` (the metric's own test). Where that pointing game is not meaningful
+    on this grid (``pointing_game_not_meaningful``), the strict test (no slack: the peak
+    cell holds a lesion pixel) as "hit, no slack" / "miss, no slack"; "pointing n/a" when
+    that is not meaningful either (a 1x1 grid)."""
+    shape = np.shape(cam)
+    for slack in dict.fromkeys((int(dilate_cells), 0)):
+        if pointing_game_not_meaningful(shape, slack) is None:
+            verdict = "hit" if pointing_hit(cam, mask, slack) else "miss"
+            return verdict if slack == dilate_cells else f"{verdict}, no slack"
+    return "pointing n/a"
+
+
 def pointing_hit(cam: np.ndarray, mask: np.ndarray, dilate_cells: int = DEFAULT_DILATE_CELLS) -> bool:
     """True when the map's peak cell (``peak_cell``: ties go to the first maximum in
     row-major order) lies in ``cell_mask(mask, cam.shape, dilate_cells)``. A map with no
@@ -229,11 +276,16 @@ def localisation_report(maps, masks: Sequence[np.ndarray | None], n_resamples: i
     left, every number is None.
 
     Keys: ``map_of``, ``n`` (images with a lesion), ``n_without_lesion``,
-    ``dilate_cells``, ``pointing_game`` and ``energy_inside`` (each: ``model``,
-    ``model_ci95``, ``centre_baseline``, ``centre_baseline_ci95``,
-    ``model_minus_centre``, ``model_minus_centre_ci95``; ``energy_inside`` also
-    ``uniform_baseline``), ``bootstrap_resamples``, ``bootstrap_unit``,
-    ``bootstrap_units``, ``definition``."""
+    ``dilate_cells``, ``grid`` ([h, w] of the maps; None without images),
+    ``pointing_game`` and ``energy_inside`` (each: ``model``, ``model_ci95``,
+    ``centre_baseline``, ``centre_baseline_ci95``, ``model_minus_centre``,
+    ``model_minus_centre_ci95``; ``pointing_game`` also ``not_meaningful``: None, or why
+    the number means nothing on this grid (``pointing_game_not_meaningful``), in which
+    case ``model``, ``model_minus_centre`` and their intervals are None and the centre
+    baseline's 1.0 is kept; ``energy_inside`` also ``uniform_baseline``),
+    ``bootstrap_resamples``, ``bootstrap_unit``, ``bootstrap_units``, ``definition``.
+
+    Every map must have the same grid (one model's maps)."""
     maps = list(maps)
     masks = list(masks)
     if len(maps) != len(masks):
@@ -242,10 +294,14 @@ def localisation_report(maps, masks: Sequence[np.ndarray | None], n_resamples: i
         raise ValueError(f"{len(groups)} group ids for {len(maps)} images")
     kept = [i for i, m in enumerate(masks) if m is not None and np.asarray(m).any()]
     hits, energies, centre_hits, centre_energies = [], [], [], []
+    grid = None
     for i in kept:
         cam, mask = np.asarray(maps[i], dtype=np.float64), np.asarray(masks[i], dtype=bool)
         if cam.ndim != 2:
             raise ValueError(f"map {i} has shape {cam.shape}; pass one (h, w) map per image (one class)")
+        if grid is not None and cam.shape != grid:
+            raise ValueError(f"map {i} is a {cam.shape[0]}x{cam.shape[1]} grid, the others {grid[0]}x{grid[1]}")
+        grid = cam.shape
         centre = centre_map(cam.shape)
         hits.append(pointing_hit(cam, mask, dilate_cells))
         energies.append(energy_inside(cam, mask))
@@ -271,12 +327,18 @@ def localisation_report(maps, masks: Sequence[np.ndarray | None], n_resamples: i
             "model_minus_centre_ci95": _interval(difference, units, n_resamples, np.random.default_rng(seed)),
         }
 
+    pointing = summary(hits, centre_hits)
+    reason = pointing_game_not_meaningful(grid, dilate_cells) if grid is not None else None
+    if reason is not None:  # the centre baseline's 1.0 stays: it is why
+        pointing.update(model=None, model_ci95=None, model_minus_centre=None, model_minus_centre_ci95=None)
+    pointing["not_meaningful"] = reason
     return {
         "map_of": map_of,
         "n": n,
         "n_without_lesion": len(masks) - n,
         "dilate_cells": int(dilate_cells),
-        "pointing_game": summary(hits, centre_hits),
+        "grid": None if grid is None else [int(grid[0]), int(grid[1])],
+        "pointing_game": pointing,
         "energy_inside": {**summary(energies, centre_energies), "uniform_baseline": area_share},
         "bootstrap_resamples": int(n_resamples),
         "bootstrap_unit": "image" if groups is None else "group",
@@ -360,18 +422,67 @@ def served_localisation(maps: np.ndarray, probabilities: np.ndarray, masks: Sequ
     }
 
 
+def _content(image: np.ndarray) -> Image.Image:
+    """The gray picture inside a letterboxed model input (the black padding cut off)."""
+    gray = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("L")
+    box = gray.getbbox()
+    return gray.crop(box) if box else gray
+
+
+def distinct_frames(images, groups: Sequence | None = None) -> list[int]:
+    """Indices of ``images`` keeping the first of each frame: images with the same
+    ``groups`` id (the split's near-duplicate groups), identical pixels, or, without
+    ``groups``, perceptual hashes (``data.audit.perceptual_hash`` of the picture inside
+    the letterbox) within the audit's near-duplicate distance are one frame."""
+    from busi_classifier.config import NEAR_DUPLICATE_BITS
+    from busi_classifier.data.audit import perceptual_hash
+
+    images = list(images)
+    if groups is not None and len(groups) != len(images):
+        raise ValueError(f"{len(groups)} group ids for {len(images)} images")
+    kept: list[int] = []
+    seen_groups, seen_pixels, seen_hashes = set(), set(), []
+    for i, image in enumerate(images):
+        array = np.ascontiguousarray(image)
+        pixels = (array.shape, array.tobytes())
+        if pixels in seen_pixels or (groups is not None and groups[i] in seen_groups):
+            continue
+        if groups is None:
+            phash = perceptual_hash(_content(array))
+            if any(int(np.count_nonzero(phash != other)) <= NEAR_DUPLICATE_BITS for other in seen_hashes):
+                continue
+            seen_hashes.append(phash)
+        else:
+            seen_groups.add(groups[i])
+        seen_pixels.add(pixels)
+        kept.append(i)
+    return kept
+
+
 def served_cam_figure(images: np.ndarray, maps: np.ndarray, probabilities: np.ndarray, labels: Sequence[int],
                       masks: Sequence[np.ndarray | None], classes: Sequence[str], path: str | Path,
-                      where: str, max_images: int = 8) -> Path | None:
-    """``cam_figure`` of the first ``max_images`` images that have a lesion mask, each
-    with its true class, the predicted class and probability, and hit or miss (pointing
-    game, one cell dilation). None when no image has a lesion."""
-    keep = [i for i, m in enumerate(masks) if m is not None and np.asarray(m).any()][:max_images]
+                      where: str, max_images: int = 8, groups: Sequence | None = None) -> Path | None:
+    """``cam_figure`` of the first ``max_images`` images that have a lesion mask, one per
+    frame (``distinct_frames``: ``groups``, the near-duplicate group of each image, when
+    given), each with its true class, the predicted class and probability, and
+    ``hit_label`` (the pointing game's own test, one cell of slack; without slack where
+    that is not meaningful on the map's grid). None when no image has a lesion."""
+    with_lesion = [i for i, m in enumerate(masks) if m is not None and np.asarray(m).any()]
+    frames = distinct_frames([images[i] for i in with_lesion],
+                             None if groups is None else [groups[i] for i in with_lesion])
+    keep = [with_lesion[k] for k in frames][:max_images]
     if not keep:
         return None
     predicted = np.asarray(probabilities).argmax(axis=1)
     chosen = [maps[i, ..., predicted[i]] for i in keep]
     titles = [f"{classes[labels[i]]}: predicted {classes[predicted[i]]} {probabilities[i, predicted[i]]:.2f}, "
-              f"{'hit' if pointing_hit(cam, masks[i]) else 'miss'}" for i, cam in zip(keep, chosen, strict=True)]
+              f"{hit_label(cam, masks[i])}" for i, cam in zip(keep, chosen, strict=True)]
+    grid = np.shape(chosen[0])
+    if pointing_game_not_meaningful(grid, DEFAULT_DILATE_CELLS) is None:
+        meaning = (f"hit: the peak cell is on the lesion or within {DEFAULT_DILATE_CELLS} cell of it (the pointing "
+                   "game's test)")
+    else:
+        meaning = (f"hit, no slack: the peak cell holds lesion pixels (on a {grid[0]}x{grid[1]} grid, with one cell "
+                   "of slack the centre cell touches every cell)")
     return cam_figure(images[keep], chosen, [masks[i] for i in keep], titles, path,
-                      title=f"Class activation maps of the predicted class ({where}), lesion outline in cyan")
+                      title=f"Class activation maps of the predicted class ({where}), one image per frame\n{meaning}")

@@ -179,8 +179,12 @@ def main(argv=None) -> int:
         report = metrics["localisation"]["dilate_1"]
         pointing, energy = report["pointing_game"], report["energy_inside"]
         if report["n"]:
-            print(f"class maps on {report['n']} images with a lesion: pointing game {pointing['model']:.3f} "
-                  f"{_ci(pointing['model_ci95'])} (centre baseline {pointing['centre_baseline']:.3f}), energy "
+            if pointing.get("model") is None:  # a grid so coarse that the centre cell touches every cell
+                game = f"pointing game n/a ({pointing.get('not_meaningful', 'not meaningful on this grid')})"
+            else:
+                game = (f"pointing game {pointing['model']:.3f} {_ci(pointing['model_ci95'])} "
+                        f"(centre baseline {pointing['centre_baseline']:.3f})")
+            print(f"class maps on {report['n']} images with a lesion: {game}, energy "
                   f"inside {energy['model']:.3f} (centre baseline {energy['centre_baseline']:.3f})")
     return 0
 

@@ -11,8 +11,10 @@ to reach the model:
   from the stack's ``ApiUrl`` output through boto3;
 * a deployed Lambda function invoked directly through boto3 (``--function NAME``).
 
-The request body is always ``{"image": "<base64 of the file bytes>"}``; ``--api-key``
-(or BUSI_API_KEY) adds the ``x-api-key`` header that an API deployed with
+The request body is ``{"image": "<base64 of the file bytes>"}``, with ``"explain": true``
+for ``--explain`` (the answer then carries the class activation map; its PNG overlay,
+``explanation.overlay_png``, is written to ``--overlay-out`` or beside the image);
+``--api-key`` (or BUSI_API_KEY) adds the ``x-api-key`` header that an API deployed with
 ``ApiKeyRequired=true`` wants. Only the standard library is imported at module level;
 boto3 is imported lazily when ``--function`` or ``--stack`` is used.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import json
 import os
 import socket
@@ -37,6 +40,8 @@ EMULATOR_PATH_MARKER = "/2015-03-31/functions/"
 PREDICT_PATH = "/predict"
 API_URL_OUTPUT = "ApiUrl"  # the output of template.yaml that holds the stage URL
 API_KEY_ENV = "BUSI_API_KEY"
+OVERLAY_SUFFIX = ".overlay.png"  # scan.png -> scan.overlay.png, the default --overlay-out
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 USER_AGENT = "busi-classifier-client/0.1"
 
 # A synchronous Lambda invocation accepts at most 6 MB of request payload (API Gateway
@@ -108,9 +113,54 @@ def _download(url: str, timeout: float) -> bytes:
         raise ClientError(f"could not download image {url}: {exc}") from None
 
 
-def build_payload(image_bytes: bytes) -> dict:
-    """The request body the handler expects."""
-    return {"image": base64.b64encode(image_bytes).decode("ascii")}
+def build_payload(image_bytes: bytes, explain: bool = False) -> dict:
+    """The request body the handler expects (``explain``: ask for the class activation map)."""
+    payload: dict[str, Any] = {"image": base64.b64encode(image_bytes).decode("ascii")}
+    if explain:
+        payload["explain"] = True
+    return payload
+
+
+# --------------------------------------------------------------------------- explanation
+
+
+def default_overlay_path(source: str) -> Path:
+    """Where the overlay of ``source`` goes without --overlay-out: beside a local image
+    (``scan.png`` -> ``scan.overlay.png``); for a URL, its file name in the current folder."""
+    if is_url(source):
+        stem = Path(urllib.parse.unquote(urllib.parse.urlsplit(source).path)).stem or "image"
+        return Path(stem + OVERLAY_SUFFIX)
+    path = Path(source).expanduser()
+    return path.with_name(path.stem + OVERLAY_SUFFIX)
+
+
+def overlay_bytes(answer: Any) -> bytes:
+    """The PNG of the answer's ``explanation.overlay_png`` (base64); ClientError when the
+    answer holds none or it is not a base64 PNG."""
+    explanation = answer.get("explanation") if isinstance(answer, dict) else None
+    encoded = explanation.get("overlay_png") if isinstance(explanation, dict) else None
+    if not isinstance(encoded, str):
+        raise ClientError('the answer holds no explanation.overlay_png (was "explain": true ignored? a server '
+                          "from before the class maps does not send one)")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ClientError("explanation.overlay_png in the answer is not base64") from None
+    if not data.startswith(PNG_SIGNATURE):
+        raise ClientError("explanation.overlay_png in the answer is not a PNG image")
+    return data
+
+
+def write_overlay(answer: Any, path: Path) -> Any:
+    """Write the answer's overlay PNG to ``path``; return the answer with ``overlay_png``
+    replaced by a note naming the file (what is printed: not 100 KB of base64)."""
+    data = overlay_bytes(answer)
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise ClientError(f"cannot write the overlay to {path}: {exc.strerror or exc}") from None
+    explanation = {**answer["explanation"], "overlay_png": f"written to {path} ({len(data)} bytes)"}
+    return {**answer, "explanation": explanation}
 
 
 # --------------------------------------------------------------------------- transport
@@ -355,6 +405,9 @@ examples:
   # invoke the deployed function directly (needs boto3 and AWS credentials)
   python test.py scan.png --function busi-classifier --region eu-west-1
 
+  # the class activation map too: its overlay PNG goes to scan.overlay.png
+  python test.py scan.png --endpoint http://localhost:8000 --explain [--overlay-out map.png]
+
 The answer is printed as JSON. Exit code 0 when it holds a prediction, 1 otherwise.
 Default endpoint: {DEFAULT_ENDPOINT}
 """
@@ -385,16 +438,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--stack",
         metavar="NAME",
         help=f"POST to the API of this CloudFormation stack (deployed from template.yaml): "
-        f"its URL is read from the stack's {API_URL_OUTPUT} output with boto3",
+        f"its URL is read from the stack's {API_URL_OUTPUT} output with boto3 (default: none, "
+        "--endpoint is used)",
     )
     target.add_argument(
         "--function",
         metavar="NAME",
         help="invoke this deployed Lambda function (name or ARN) directly with boto3 "
-        "instead of HTTP",
+        "instead of HTTP (default: none, --endpoint is used)",
     )
     parser.add_argument(
         "--region", help="AWS region for --function and --stack (default: from the AWS configuration)"
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help='ask for the class activation map ("explain": true) and write its overlay PNG '
+        "(explanation.overlay_png) to --overlay-out; the printed answer names the file instead "
+        "of the base64 (default: off)",
+    )
+    parser.add_argument(
+        "--overlay-out",
+        metavar="PATH",
+        type=Path,
+        help=f"where --explain writes the overlay PNG; implies --explain (default: beside the image, "
+        f"scan.png -> scan{OVERLAY_SUFFIX}; for a URL, its file name in the current folder)",
     )
     parser.add_argument(
         "--api-key",
@@ -423,6 +491,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.expanduser().resolve() == b.expanduser().resolve()
+    except OSError:
+        return False
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
@@ -433,9 +508,14 @@ def _error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    explain = args.explain or args.overlay_out is not None
+    overlay_path = (args.overlay_out or default_overlay_path(args.image)) if explain else None
+    if overlay_path is not None and not is_url(args.image) and _same_file(overlay_path, Path(args.image)):
+        _error(f"--overlay-out {overlay_path} is the image itself; choose another file")
+        return 2
     try:
         image_bytes = read_image(args.image, args.timeout)
-        payload = build_payload(image_bytes)
+        payload = build_payload(image_bytes, explain)
         size = len(payload["image"])
         if size > LAMBDA_PAYLOAD_LIMIT:
             print(
@@ -449,6 +529,14 @@ def main(argv: list[str] | None = None) -> int:
             endpoint = stack_api_url(args.stack, args.region, args.timeout) if args.stack else args.endpoint
             raw = post_json(resolve_url(endpoint), payload, args.timeout, args.api_key)
         answer = unwrap_response(raw)
+        if overlay_path is not None and is_prediction(answer):
+            try:
+                answer = write_overlay(answer, overlay_path)
+            except ClientError as exc:  # a prediction without a usable overlay: show it, then why
+                _print_json(answer)
+                _error(str(exc))
+                return 1
+            print(f"overlay written to {overlay_path}", file=sys.stderr)
     except ErrorAnswer as exc:
         _print_json(exc.answer)
         _error(f"{exc}: {summarize_error(exc.answer)}")

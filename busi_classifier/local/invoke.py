@@ -12,12 +12,19 @@ import sys
 def invoke_main(argv) -> int:
     """Run the Lambda handler in this process on a few images of each class,
     through every event shape, and print the answers (what `make demo` shows)."""
-    p = argparse.ArgumentParser(prog="python -m busi_classifier invoke", description=invoke_main.__doc__)
+    from busi_classifier.cli import HelpFormatter, native_stderr_silenced, positive_int
+
+    p = argparse.ArgumentParser(prog="python -m busi_classifier invoke", formatter_class=HelpFormatter,
+                                description="Run the Lambda handler in this process on a few images of each class, "
+                                "through every event\nshape, and print the answers (what `make demo` shows).",
+                                epilog="example:\n  python -m busi_classifier invoke --model artifacts/model "
+                                "--data data/synthetic --per-class 2")
     p.add_argument("--model", default=None,
                    help="model folder (serves its default variant, or MODEL_VARIANT) or one .tflite file, served as is "
                         "(default: MODEL_PATH, else artifacts/model)")
     p.add_argument("--data", required=True, help="dataset folder in the BUSI layout")
-    p.add_argument("--per-class", type=int, default=2)
+    p.add_argument("--per-class", type=positive_int, default=2, metavar="N",
+                   help="images of each class to send, each through every event shape (the first N in file order)")
     args = p.parse_args(argv)
 
     from busi_classifier.data.dataset import DatasetError, read_dataset
@@ -27,8 +34,6 @@ def invoke_main(argv) -> int:
 
     # the answers are printed for a person: readable log lines, warnings only, no metric lines
     settings = dataclasses.replace(local_settings(args.model), log_level="WARNING", emf_metrics=False)
-    from busi_classifier.cli import native_stderr_silenced
-
     with native_stderr_silenced():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
         handler = make_handler(settings)
     if handler.predictor is None:

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .card import ModelLoadError
-from .constants import MAX_IMAGE_PIXELS
-from .decode import ImageTooLargeError, InvalidImageError
+from .constants import MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
+from .decode import ImageTooLargeError, InvalidImageError, inspect_image
 from .observability import Telemetry
 from .settings import ServingSettings
 
@@ -46,6 +46,18 @@ MAX_BODY_BYTES = LAMBDA_PAYLOAD_LIMIT  # request body as the event carries it
 # 5,866,668 characters of base64, which leaves ~400 KB of the 6 MB for the event around it.
 MAX_IMAGE_BYTES = 4_400_000
 MAX_URL_CHARS = 2048
+# The request deadline: the Lambda context's remaining time less this margin (to write
+# the answer and the log line). Before each image is decoded, the time it may take is
+# estimated from its header and size (decode_estimate_s: per megapixel, for big flat or
+# interlaced images, + per megabyte of file, for small dense ones; both rounded up from
+# the slowest accepted cases benchmarks/intake_worst_case.py measures) plus the slowest
+# model step seen so far (INVOKE_ESTIMATE_S until one has been seen); when the estimate
+# does not fit in what is left, the request answers 504 deadline_exceeded instead of
+# being killed.
+DEADLINE_MARGIN_S = 1.0
+DECODE_SECONDS_PER_MEGAPIXEL = 0.1
+DECODE_SECONDS_PER_MEGABYTE = 0.1
+INVOKE_ESTIMATE_S = 0.5
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 CORS_HEADERS = "Content-Type,X-Api-Key"
@@ -71,11 +83,15 @@ ERRORS: dict[str, tuple[int, str]] = {
     "payload_too_large": (413, "the request is too large; the limit is {limit} bytes (Lambda takes at most 6 MB per "
                                f"request and base64 makes an image a third larger: send at most {MAX_IMAGE_BYTES} "
                                "bytes of image, about 4.4 MB)"),
-    "image_too_large": (413, "the image has too many pixels; the limit is {limit} pixels"),
+    "image_too_large": (413, ImageTooLargeError.message),
+    "request_too_large": (413, "the images of this request have more pixels together than the limit of {limit} "
+                               "pixels; send fewer or smaller images"),
     "internal_error": (500, "the model could not process this request"),
     "explain_unavailable": (501, "this model was exported without class activation maps: re-export it with this "
                                  "version to use explain, or leave explain out"),
     "model_unavailable": (503, MODEL_UNAVAILABLE),
+    "deadline_exceeded": (504, "the request would take longer than the time this function has left; send fewer "
+                               "or smaller images"),
 }
 
 
@@ -110,6 +126,7 @@ class Request:
     path: str  # after the stage prefix; "" for a direct invocation
     kind: str  # "direct", "rest_v1" or "http_v2"
     images: list[bytes] = field(default_factory=list)  # the image bytes, once read (for the log)
+    deadline: Deadline | None = None  # when the answer must be given (from the Lambda context)
 
 
 @dataclass
@@ -162,7 +179,8 @@ class Resolver:
         function = methods.get("GET" if method == "HEAD" else method)
         if function is None:
             allowed = self.allowed(path)
-            raise RequestError("method_not_allowed", f"{path} accepts {allowed.split(',')[0]}, not {method[:16]}",
+            # the route's own path and methods only: nothing of the request is echoed
+            raise RequestError("method_not_allowed", f"{path} accepts {allowed.split(',')[0]}",
                                headers={"Allow": allowed})
         return function
 
@@ -195,6 +213,11 @@ def _invalid_image(exc: Exception) -> RequestError:
 # --- event shapes -----------------------------------------------------------------
 
 def _strip_stage(path: str, stage: object) -> str:
+    """The path after the stage prefix. A path that is a route as it stands is that route
+    (a REST API's ``path`` has no stage in it: a stage named "predict" must not turn
+    ``/predict`` into ``/``)."""
+    if path in app.routes:
+        return path
     if isinstance(stage, str) and stage and stage != "$default":
         prefix = "/" + stage
         if path == prefix or path.startswith(prefix + "/"):
@@ -285,7 +308,7 @@ def images_from_payload(payload: object, settings: ServingSettings) -> tuple[lis
         raise RequestError("invalid_request")
     given = [key for key in PREDICTION_KEYS if key in payload]
     if len(given) > 1:
-        raise RequestError("invalid_request", f"send exactly one of image, images or url, not {' and '.join(given)}")
+        raise RequestError("invalid_request", "send exactly one of image, images or url")
     if "image" in payload:
         if not isinstance(payload["image"], str):
             raise RequestError("invalid_request", '"image" must be a base64 string')
@@ -295,7 +318,7 @@ def images_from_payload(payload: object, settings: ServingSettings) -> tuple[lis
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
             raise RequestError("invalid_request", '"images" must be a list of base64 strings')
         if not 1 <= len(items) <= MAX_BATCH:
-            raise RequestError("invalid_request", f'"images" must hold 1 to {MAX_BATCH} images, got {len(items)}')
+            raise RequestError("invalid_request", f'"images" must hold 1 to {MAX_BATCH} images')
         images = [decode_base64(item, f"images[{i}]") for i, item in enumerate(items)]
         if sum(len(i) for i in images) > MAX_IMAGE_BYTES:
             raise RequestError("payload_too_large", limit=MAX_IMAGE_BYTES)
@@ -365,21 +388,72 @@ def _json_request(payload: object, settings: ServingSettings, explain: bool = Fa
 
 # --- routes -----------------------------------------------------------------------
 
+class Deadline:
+    """When the request must have its answer: the Lambda context's remaining time
+    (``get_remaining_time_in_millis``) less DEADLINE_MARGIN_S; no deadline where the
+    context has no such method (a test, a direct call)."""
+
+    def __init__(self, context: object, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        self.at = None
+        if callable(remaining):
+            try:
+                self.at = clock() + float(remaining()) / 1000.0 - DEADLINE_MARGIN_S
+            except (TypeError, ValueError):
+                self.at = None
+
+    def left(self) -> float:
+        return float("inf") if self.at is None else self.at - self.clock()
+
+    def require(self, seconds: float, detail: str) -> None:
+        """Refuse the rest of the request when ``seconds`` of work do not fit in what is left."""
+        left = self.left()
+        if seconds > left:
+            raise RequestError("deadline_exceeded", detail=f"{detail}: needs ~{seconds:.2f} s, {left:.2f} s left")
+
+
+def decode_estimate_s(pixels: int, size_bytes: int = 0) -> float:
+    """Seconds decoding an image of ``pixels`` (its header's) from ``size_bytes`` may take."""
+    return pixels / 1e6 * DECODE_SECONDS_PER_MEGAPIXEL + size_bytes / 1e6 * DECODE_SECONDS_PER_MEGABYTE
+
+
 def predict_images(function: Function, request: Request, images: list[bytes], batch: bool,
                    explain: bool = False) -> dict:
+    """Every image is pre-scanned (inspect_image: format, structure, size, shape) before any
+    is decoded, the request's pixels are checked against MAX_REQUEST_PIXELS, and each
+    image is decoded only when its estimated time fits before the request's deadline."""
     request.images = images
     predictor = function.predictor
     if explain and not getattr(predictor, "has_maps", False):
         raise RequestError("explain_unavailable")
-    results = []
+
+    def located(i: int, exc: Exception) -> RequestError:
+        answer = app.error_for(exc)
+        if answer is None:
+            raise exc
+        return answer.at(f"images[{i}]") if batch else answer
+
+    intakes = []
     for i, data in enumerate(images):
         try:
-            results.append(predictor.predict_bytes(data, explain=True) if explain else predictor.predict_bytes(data))
+            intakes.append(inspect_image(data))
+        except InvalidImageError as exc:
+            raise located(i, exc) from None
+    total = sum(intake.pixels for intake in intakes)
+    if total > MAX_REQUEST_PIXELS:
+        raise RequestError("request_too_large", limit=MAX_REQUEST_PIXELS, detail=f"{total} pixels in {len(images)} images")
+    deadline = request.deadline or Deadline(None)
+    results = []
+    for i, intake in enumerate(intakes):
+        decode_s = decode_estimate_s(intake.pixels, intake.size)
+        deadline.require(decode_s + function.invoke_estimate_s, f"image {i}")
+        started = time.perf_counter()
+        try:
+            results.append(predictor.predict_bytes(intake, explain=True) if explain else predictor.predict_bytes(intake))
         except Exception as exc:
-            answer = app.error_for(exc)
-            if answer is None:
-                raise
-            raise (answer.at(f"images[{i}]") if batch else answer) from None
+            raise located(i, exc) from None
+        function.observe(time.perf_counter() - started - decode_s)
     if batch:
         return {"predictions": results, "model_version": predictor.model_version}
     return {**results[0], "model_version": predictor.model_version}
@@ -392,9 +466,18 @@ def predict(function: Function, request: Request) -> dict:
 
 @app.get("/health")
 def health(function: Function, request: Request) -> dict:
+    """The model's version, classes, whether explain works, its test figures (``model``:
+    model_summary of its card; null for a model without model.json) and the request
+    limits a client should check before sending (``limits.image_bytes``: decoded image
+    bytes per request)."""
+    from .model_summary import model_summary
+
     predictor = function.predictor
+    card = getattr(predictor, "card", None)
     return {"status": "ok", "model_version": predictor.model_version, "classes": list(predictor.classes),
-            "explain": bool(getattr(predictor, "has_maps", False))}
+            "explain": bool(getattr(predictor, "has_maps", False)),
+            "model": model_summary(card) if card is not None else None,
+            "limits": {"image_bytes": MAX_IMAGE_BYTES}}
 
 
 def direct(function: Function, request: Request) -> dict:
@@ -420,12 +503,17 @@ class Function:
         self.telemetry = telemetry or telemetry_for(settings)
         if predictor is None and load_error is None:
             raise ValueError("a Function needs a predictor or the reason it has none")
+        self.invoke_estimate_s = INVOKE_ESTIMATE_S  # the slowest model step seen, decays slowly
+
+    def observe(self, model_seconds: float) -> None:
+        """One image's time beyond its decode estimate (the model, explain's overlay)."""
+        self.invoke_estimate_s = max(0.05, model_seconds, 0.9 * self.invoke_estimate_s)
 
     def __call__(self, event: object, context: object = None) -> dict:
         started = time.perf_counter()
         request = http_request(event) if isinstance(event, dict) else None
         method, path = request or ("", "")
-        req = Request(event, method, path, event_kind(event, request))
+        req = Request(event, method, path, event_kind(event, request), deadline=Deadline(context))
         status, headers, body, detail = 200, {}, None, None
         metric_route = "direct" if request is None else "other"
         try:

@@ -10,6 +10,16 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Largest decoded image the preprocessing accepts (width * height). Protects against
 # decompression bombs: a tiny file whose header claims huge dimensions.
 MAX_IMAGE_PIXELS = 40_000_000
+# Shape caps, checked on the header with the pixel cap. Ultrasound exports are 4:3, 16:9
+# or side-by-side 2:1 frames, panoramic (extended field of view) images about 4:1, and
+# none is wider than an 8K screen (7680 px). A one-pixel-wide strip at the pixel cap is
+# what costs Pillow the most memory per pixel (a row pointer per row, per copy).
+MAX_IMAGE_SIDE = 10_000
+MAX_ASPECT_RATIO = 10  # the longer side at most 10 times the shorter
+# Pixels per request, the images of a batch together (checked on the headers of every
+# image before any is decoded): one image at the pixel cap, or 16 Full-HD frames
+# (16 x 1920 x 1080 = 33.2 MP), or 16 typical BUSI images (~0.3 MP each) many times over.
+MAX_REQUEST_PIXELS = MAX_IMAGE_PIXELS
 
 # How decode_image makes the model input. model.json's "preprocessing" is generated from
 # these (serving/card.py); tests/test_card.py checks decode_image against them.

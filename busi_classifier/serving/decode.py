@@ -8,15 +8,28 @@ program run (docs/input-limits.md has the limits and the measured worst case):
 
 * only PNG and JPEG are decoded (sniffed from the first bytes, and Pillow is told to try
   those two plugins only): no Ghostscript, no container format hiding a bigger image;
-* a structural pre-scan walks the PNG chunks / JPEG marker segments before Pillow sees
-  the bytes: at most ``MAX_PNG_CHUNKS`` chunks, at most ``MAX_JPEG_SCANS`` scans, at most
-  ``MAX_METADATA_SEGMENTS`` segments and ``MAX_METADATA_BYTES`` bytes of JPEG metadata,
-  one frame of an 8-bit baseline or progressive JPEG, and the pixel count of the header
-  under ``MAX_IMAGE_PIXELS``, all checked before a pixel is decoded;
-* PNG ancillary chunks (text, ICC profiles, APNG frames...) are dropped unread: only
-  IHDR, PLTE, tRNS, eXIf, IDAT and IEND reach Pillow;
-* a JPEG whose last scan was cut short (and ended with an appended EOI, which libjpeg
-  silently fills with grey) is refused when the missing data changes the decoded pixels;
+* **Pillow sees only pixels.** A structural pre-scan (``inspect_image``) walks the PNG
+  chunks / JPEG marker segments and rewrites the file into a minimal stream before
+  Pillow opens anything: for PNG only IHDR, PLTE, tRNS, IDAT and IEND, every chunk's
+  CRC checked; for JPEG only the tables, the frame, the scans and EOI (plus a canonical
+  JFIF / Adobe marker where the original had one, since they decide the colour
+  transform). Every other segment (EXIF, MPF, ICC, XMP, text, APNG frames...) is dropped
+  unread, so none of Pillow's metadata parsers ever runs on untrusted bytes;
+* the one piece of metadata the model needs, the EXIF orientation, is read by the
+  project's own bounded parser (``exif_orientation``: one IFD, at most
+  ``MAX_EXIF_ENTRIES`` entries, tag 0x0112) and applied as a transpose of the resized
+  pixels, never through Pillow's EXIF machinery;
+* the pre-scan checks everything that can be checked on the structure before a pixel
+  is decoded: the pixel count (``MAX_IMAGE_PIXELS``), the longest side
+  (``MAX_IMAGE_SIDE``) and the aspect ratio (``MAX_ASPECT_RATIO``) of the header, at
+  most ``MAX_PNG_CHUNKS`` chunks / ``MAX_JPEG_SEGMENTS`` segments / ``MAX_JPEG_SCANS``
+  scans / ``MAX_METADATA_SEGMENTS`` and ``MAX_METADATA_BYTES`` of metadata, PNG header
+  fields and chunk order, and a JPEG scan sequence that forms a full image;
+* after decoding: a palette index past the PLTE is refused; a JPEG whose last scan was
+  cut short (and ended with an appended EOI, which libjpeg silently fills with grey) is
+  refused when the missing data changes the decoded pixels;
+* conversion and resizing keep as few full-size copies as the pixels need: gray images
+  are resized as gray, alpha is premultiplied once and resized with the colour;
 * every error is an ``InvalidImageError`` whose message is a fixed sentence (plus the
   limit where one applies); what went wrong in detail is in its ``detail`` attribute,
   for the log only.
@@ -28,11 +41,21 @@ import io
 import re
 import struct
 import warnings
+import zlib
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
-from .constants import DEFAULT_IMAGE_SIZE, MAX_IMAGE_PIXELS, PAD_COLOR, RESIZE_METHOD, SIXTEEN_BIT_DIVISOR
+from .constants import (
+    DEFAULT_IMAGE_SIZE,
+    MAX_ASPECT_RATIO,
+    MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
+    PAD_COLOR,
+    RESIZE_METHOD,
+    SIXTEEN_BIT_DIVISOR,
+)
 
 # Pillow's own bomb check uses the project's cap (it warns above it; we turn the warning
 # into an error), and truncated images are never "loaded anyway".
@@ -48,7 +71,8 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 # encoder and bounds the work: each scan costs at most one pass over every block.
 MAX_JPEG_SCANS = 32
 # APPn + COM segments: JFIF, EXIF (with its thumbnail, at most 64 KB), an ICC profile
-# in APP2 pieces, XMP, an MPF index... a few dozen in real files.
+# in APP2 pieces, XMP, an MPF index... a few dozen in real files. They are walked over
+# (never parsed, except the EXIF orientation) and dropped.
 MAX_METADATA_SEGMENTS = 64
 MAX_METADATA_BYTES = 1_048_576
 # Every marker segment of a JPEG (metadata, tables, frame, scans, restart intervals).
@@ -56,15 +80,23 @@ MAX_JPEG_SEGMENTS = 256
 # PNG chunks: libpng writes 8 KB IDAT chunks (about 540 in the largest accepted file),
 # other encoders 1-64 KB; 8192 is more than any of them at the 4.4 MB request cap.
 MAX_PNG_CHUNKS = 8192
-# The only PNG chunks decoding needs; every other (ancillary) chunk is dropped unread.
-PNG_KEPT_CHUNKS = {b"IHDR", b"PLTE", b"tRNS", b"eXIf", b"IDAT", b"IEND"}
+# The only PNG chunks decoding needs; every other (ancillary) chunk is dropped unread
+# (eXIf is read for its orientation by exif_orientation, then dropped too).
+PNG_KEPT_CHUNKS = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")
+# The EXIF orientation: the first IFD's entries are looked at, at most this many.
+MAX_EXIF_ENTRIES = 64
+ORIENTATION_TAG = 0x0112
 
 _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+# PNG colour type -> allowed bit depths (PNG specification, 11.2.2)
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
 # A run of bytes that libjpeg skips when it sits between a complete scan and the next
 # marker, but decodes as entropy-coded data when the scan was cut short (no 0xFF in it).
 _TRUNCATION_PROBE = bytes((37 * i + 11) % 251 for i in range(256)).replace(b"\xff", b"\x5a")
+# Rows per step when 16-bit samples are scaled to 8 bits (bounds the temporaries).
+_ROW_BLOCK_PIXELS = 1 << 20
 
 
 class InvalidImageError(ValueError):
@@ -97,13 +129,23 @@ class ImageTooComplexError(InvalidImageError):
 
 
 class ImageTooLargeError(InvalidImageError):
-    """The image header claims more pixels than MAX_IMAGE_PIXELS (a decompression bomb,
-    or simply too big): refused before any pixel is decoded."""
+    """The image header claims more pixels than MAX_IMAGE_PIXELS, or a side longer than
+    MAX_IMAGE_SIDE (a decompression bomb, or simply too big): refused before any pixel
+    is decoded."""
 
-    message = f"the image has more pixels than the limit of {MAX_IMAGE_PIXELS} pixels"
+    message = (f"the image is too large; the limits are {MAX_IMAGE_PIXELS} pixels and {MAX_IMAGE_SIDE} pixels "
+               "on the longer side")
 
     def __init__(self, detail: str = ""):
         super().__init__(None, detail, MAX_IMAGE_PIXELS)
+
+
+class ImageShapeError(InvalidImageError):
+    """Longer side more than MAX_ASPECT_RATIO times the shorter: a strip no ultrasound
+    export is, and the shape that costs Pillow the most memory per pixel."""
+
+    message = (f"the image is too narrow: its longer side may be at most {MAX_ASPECT_RATIO} times its "
+               "shorter side")
 
 
 EMPTY_MESSAGE = "the image is empty (0 bytes)"
@@ -114,16 +156,110 @@ TOO_MUCH_METADATA_MESSAGE = (f"the image carries more metadata than the limit "
                              f"({MAX_METADATA_SEGMENTS} segments, {MAX_METADATA_BYTES} bytes)")
 TOO_MANY_SEGMENTS_MESSAGE = f"the JPEG has more than {MAX_JPEG_SEGMENTS} marker segments (the limit)"
 TOO_MANY_CHUNKS_MESSAGE = f"the PNG has more than {MAX_PNG_CHUNKS} chunks (the limit)"
+INCOMPLETE_SCANS_MESSAGE = "the JPEG's scans do not form a complete image"
+BAD_PALETTE_MESSAGE = "the PNG uses palette entries it does not define"
+BAD_CHECKSUM_MESSAGE = "the PNG data is corrupt (a chunk checksum does not match)"
+
+# Every sentence decode's errors can carry (tests and docs/input-limits.md use it).
+FIXED_MESSAGES = (
+    InvalidImageError.message, UnsupportedFormatError.message, CorruptImageError.message,
+    ImageTooLargeError.message, ImageShapeError.message, EMPTY_MESSAGE, NO_PIXELS_MESSAGE,
+    UNSUPPORTED_JPEG_MESSAGE, TOO_MANY_SCANS_MESSAGE, TOO_MUCH_METADATA_MESSAGE, TOO_MANY_SEGMENTS_MESSAGE,
+    TOO_MANY_CHUNKS_MESSAGE, INCOMPLETE_SCANS_MESSAGE, BAD_PALETTE_MESSAGE, BAD_CHECKSUM_MESSAGE,
+)
 
 
-def _check_pixels(width: int, height: int, where: str) -> None:
+def check_shape(width: int, height: int, where: str) -> None:
+    """The header's size against the caps: pixels, longest side, aspect ratio."""
     if width < 1 or height < 1:
         raise InvalidImageError(NO_PIXELS_MESSAGE, f"{where}: {width}x{height}")
-    if width * height > MAX_IMAGE_PIXELS:
+    if width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_IMAGE_SIDE:
         raise ImageTooLargeError(f"{where}: {width}x{height} = {width * height} pixels")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageShapeError(detail=f"{where}: {width}x{height}")
+
+
+_check_pixels = check_shape  # the name earlier code used
+
+
+# --------------------------------------------------------------------------- EXIF orientation
+
+
+def exif_orientation(tiff: bytes) -> int:
+    """The EXIF Orientation (1-8) of a TIFF structure (a JPEG APP1 "Exif" payload after
+    its 6-byte header, or a PNG eXIf chunk); 1 when there is none or it is malformed.
+
+    Bounded whatever the input: the first IFD only, at most MAX_EXIF_ENTRIES entries,
+    one SHORT read; nothing is followed, nothing else decoded."""
+    if len(tiff) < 8:
+        return 1
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or struct.unpack_from(order + "H", tiff, 2)[0] != 42:
+        return 1
+    offset = struct.unpack_from(order + "I", tiff, 4)[0]
+    if offset < 8 or offset + 2 > len(tiff):
+        return 1
+    count = struct.unpack_from(order + "H", tiff, offset)[0]
+    for i in range(min(count, MAX_EXIF_ENTRIES)):
+        entry = offset + 2 + 12 * i
+        if entry + 12 > len(tiff):
+            break
+        tag, kind, values = struct.unpack_from(order + "HHI", tiff, entry)
+        if tag == ORIENTATION_TAG:
+            if kind != 3 or values < 1:  # SHORT
+                return 1
+            value = struct.unpack_from(order + "H", tiff, entry + 8)[0]
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+# orientation -> the transpose that undoes it (EXIF 2.32, 4.6.4 A; what ImageOps.exif_transpose does)
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
+    """``image`` turned upright for EXIF orientation ``orientation`` (1: as is)."""
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return image if method is None else image.transpose(method)
 
 
 # --------------------------------------------------------------------------- pre-scan
+
+
+@dataclass
+class JpegLayout:
+    """What the JPEG pre-scan learnt: frame size, progressive or not, scans, where the
+    EOI of the rewritten stream is."""
+
+    width: int = 0
+    height: int = 0
+    progressive: bool = False
+    scans: int = 0
+    eoi: int = -1
+    components: int = 0
+
+
+@dataclass
+class Intake:
+    """One image after the pre-scan, before any pixel is decoded: what a request is
+    budgeted on, and the minimal stream Pillow will decode."""
+
+    format: str  # "PNG" or "JPEG"
+    width: int
+    height: int
+    stream: bytes  # the rewritten file: only what decoding needs
+    orientation: int = 1  # EXIF orientation, 1-8
+    palette_entries: int = 0  # PNG colour type 3: PLTE entries
+    jpeg: JpegLayout | None = None
+    size: int = 0  # bytes of the original file
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
 
 
 def sniff_format(data: bytes) -> str:
@@ -135,12 +271,22 @@ def sniff_format(data: bytes) -> str:
     raise UnsupportedFormatError(detail=f"first bytes {data[:8]!r}")
 
 
-def scan_png(data: bytes) -> bytes:
-    """Walk the PNG chunks (lengths, order, count, IHDR size) and return the file with
-    only the chunks decoding needs. Costs one Python step per chunk, at most
-    MAX_PNG_CHUNKS of them."""
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def inspect_png(data: bytes) -> Intake:
+    """Walk the PNG chunks and rewrite the file with only the chunks decoding needs.
+
+    Checked: IHDR first, its fields, every chunk's length and CRC, chunk type letters,
+    no unknown critical chunk, PLTE / tRNS before the first IDAT with the lengths the
+    colour type allows, the IDAT chunks contiguous, IEND. One Python step per chunk, at
+    most MAX_PNG_CHUNKS of them, and one CRC pass (C speed) over the file."""
     kept = [PNG_SIGNATURE]
-    position, count, seen_ihdr = len(PNG_SIGNATURE), 0, False
+    position, count = len(PNG_SIGNATURE), 0
+    width = height = bit_depth = color_type = 0
+    palette_entries, seen_idat, idat_ended, seen_trns, orientation = 0, False, False, False, 1
+    exif_seen = False
     while True:
         if position + 8 > len(data):
             raise CorruptImageError(detail=f"PNG ends inside a chunk header at byte {position}")
@@ -151,46 +297,147 @@ def scan_png(data: bytes) -> bytes:
         count += 1
         if count > MAX_PNG_CHUNKS:
             raise ImageTooComplexError(TOO_MANY_CHUNKS_MESSAGE, f"more than {MAX_PNG_CHUNKS} chunks", MAX_PNG_CHUNKS)
-        if not seen_ihdr:
+        if not kind.isalpha() or not kind.isascii():
+            raise CorruptImageError(detail=f"PNG chunk type {kind!r} at byte {position}")
+        body = data[position + 8:end - 4]
+        if zlib.crc32(data[position + 4:end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+            raise CorruptImageError(BAD_CHECKSUM_MESSAGE, f"CRC of chunk {kind!r} at byte {position}")
+        if count == 1:
             if kind != b"IHDR" or length != 13:
                 raise CorruptImageError(detail=f"first PNG chunk is {kind!r}, not IHDR")
-            width, height = struct.unpack_from(">II", data, position + 8)
-            _check_pixels(width, height, "PNG IHDR")
-            seen_ihdr = True
+            width, height, bit_depth, color_type, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
+            if (bit_depth not in _PNG_DEPTHS.get(color_type, ()) or compression != 0 or filtering != 0
+                    or interlace not in (0, 1)):
+                raise CorruptImageError(detail=f"IHDR fields {bit_depth=} {color_type=} {compression=} "
+                                               f"{filtering=} {interlace=}")
+            check_shape(width, height, "PNG IHDR")
+            kept.append(data[position:end])
         elif kind == b"IHDR":
             raise CorruptImageError(detail="second IHDR")
-        if kind in PNG_KEPT_CHUNKS:
+        elif seen_idat and kind != b"IDAT" and kind != b"IEND":
+            idat_ended = True
+            if kind[0] < 0x61:  # critical (upper-case first letter) after the image data
+                raise CorruptImageError(detail=f"critical chunk {kind!r} after IDAT")
+        elif kind == b"PLTE":
+            if palette_entries or seen_trns or length % 3 or not 3 <= length <= 768:
+                raise CorruptImageError(detail=f"PLTE of {length} bytes (or a second one, or after tRNS)")
+            if color_type == 3:
+                palette_entries = length // 3
+                if palette_entries > 1 << bit_depth:
+                    raise CorruptImageError(detail=f"{palette_entries} palette entries at {bit_depth} bits")
+                kept.append(data[position:end])
+            elif color_type in (0, 4):
+                raise CorruptImageError(detail=f"PLTE in a PNG of colour type {color_type}")
+            # colour types 2 and 6: a suggested palette, not needed to decode: dropped
+        elif kind == b"tRNS":
+            if seen_trns:
+                raise CorruptImageError(detail="second tRNS")
+            seen_trns = True
+            allowed = {0: (2,), 2: (6,)}.get(color_type)
+            if color_type == 3:
+                if not palette_entries or length > palette_entries:
+                    raise CorruptImageError(detail=f"tRNS of {length} entries for {palette_entries} palette entries")
+                kept.append(data[position:end])
+            elif allowed is not None:
+                if length not in allowed:
+                    raise CorruptImageError(detail=f"tRNS of {length} bytes for colour type {color_type}")
+                kept.append(data[position:end])
+            # colour types 4 and 6 carry alpha already: a tRNS there is meaningless, dropped
+        elif kind == b"IDAT":
+            if idat_ended:
+                raise CorruptImageError(detail="IDAT chunks are not contiguous")
+            if color_type == 3 and not palette_entries:
+                raise CorruptImageError(detail="palette image without PLTE before IDAT")
+            seen_idat = True
             kept.append(data[position:end])
+        elif kind == b"IEND":
+            if not seen_idat:
+                raise CorruptImageError(detail="IEND before any IDAT")
+            kept.append(data[position:end])
+            return Intake("PNG", width, height, b"".join(kept), orientation, palette_entries, None, len(data))
+        elif kind == b"eXIf":
+            if not exif_seen:
+                orientation, exif_seen = exif_orientation(body), True
+        elif kind[0] < 0x61:  # an unknown critical chunk: a decoder may not skip it
+            raise CorruptImageError(detail=f"unknown critical chunk {kind!r}")
         position = end
-        if kind == b"IEND":
-            return b"".join(kept)
 
 
 # JPEG markers: SOF0 baseline, SOF1 extended sequential, SOF2 progressive (Huffman).
 _SOF_SUPPORTED = {0xC0, 0xC1, 0xC2}
 _SOF_OTHER = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # lossless, hierarchical, arithmetic
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7
+_TABLES = {0xC4, 0xDB, 0xDD}  # DHT, DQT, DRI: copied to the rewritten stream
+_DROPPED = {*range(0xE0, 0xF0), *range(0xF0, 0xFE), 0xFE}  # APPn, JPGn extensions, COM
 # In entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or RSTn; anything
 # else starts a marker.
 _MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+# What libjpeg needs of JFIF / Adobe markers to choose the colour transform (jdmarker.c:
+# examine_app0 / examine_app14 look at 14 / 12 bytes): written anew, never copied.
+_JFIF_SEGMENT = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
 
 
-class JpegLayout:
-    """What the pre-scan learnt: frame size, progressive or not, scans, where EOI is."""
-
-    def __init__(self):
-        self.width = self.height = 0
-        self.progressive = False
-        self.scans = 0
-        self.eoi = -1
+def _adobe_segment(transform: int) -> bytes:
+    return b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00" + bytes([transform])
 
 
-def scan_jpeg(data: bytes) -> JpegLayout:
-    """Walk the JPEG marker segments (and skip over each scan's entropy-coded data with
-    one regular-expression search) before anything is decoded."""
+class _Progression:
+    """The scan sequence of one frame, checked as libjpeg checks it (jdphuff.c), but
+    refusing what libjpeg only warns about: an AC scan before the component's DC scan,
+    a refinement that does not follow the scan it refines, a component without data."""
+
+    def __init__(self, components: list[int], progressive: bool):
+        self.ids = components
+        self.progressive = progressive
+        self.bits = {c: [-1] * 64 for c in components}  # per coefficient: the last Al, -1 unseen
+        self.covered: set[int] = set()
+
+    def add(self, header: bytes) -> None:
+        count = header[0]
+        if not 1 <= count <= 4 or len(header) != 1 + 2 * count + 3:
+            raise CorruptImageError(detail=f"SOS header of {len(header)} bytes for {count} components")
+        selected = [header[1 + 2 * i] for i in range(count)]
+        ss, se, approximation = header[1 + 2 * count:4 + 2 * count]
+        ah, al = approximation >> 4, approximation & 15
+        if len(set(selected)) != count or not set(selected) <= set(self.ids):
+            raise CorruptImageError(INCOMPLETE_SCANS_MESSAGE, f"scan components {selected} of frame {self.ids}")
+        if not self.progressive:
+            if ss != 0 or se != 63 or ah or al or self.covered & set(selected):
+                raise CorruptImageError(INCOMPLETE_SCANS_MESSAGE, f"sequential scan {ss}-{se} {ah}/{al} {selected}")
+            self.covered |= set(selected)
+            return
+        dc = ss == 0
+        bad = (se != 0) if dc else (ss > se or se > 63 or count != 1)
+        if bad or (ah and al != ah - 1) or al > 13:
+            raise CorruptImageError(INCOMPLETE_SCANS_MESSAGE, f"progressive scan {ss}-{se} {ah}/{al} x{count}")
+        for component in selected:
+            bits = self.bits[component]
+            if not dc and bits[0] < 0:
+                raise CorruptImageError(INCOMPLETE_SCANS_MESSAGE, f"AC scan of component {component} before its DC")
+            for k in range(ss, se + 1):
+                if ah != (0 if bits[k] < 0 else bits[k]) or (ah == 0 and bits[k] >= 0):
+                    raise CorruptImageError(INCOMPLETE_SCANS_MESSAGE,
+                                            f"coefficient {k} of component {component}: Ah {ah} after Al {bits[k]}")
+                bits[k] = al
+            self.covered.add(component)
+
+    def check_complete(self) -> None:
+        missing = [c for c in self.ids if (self.bits[c][0] < 0 if self.progressive else c not in self.covered)]
+        if missing:
+            raise CorruptImageError(INCOMPLETE_SCANS_MESSAGE, f"components {missing} have no DC data")
+
+
+def inspect_jpeg(data: bytes) -> Intake:
+    """Walk the JPEG marker segments (skipping each scan's entropy-coded data with one
+    regular-expression search) and rewrite the file as SOI, the tables, the frame, the
+    scans and EOI, plus a canonical JFIF / Adobe marker where the original carried one.
+    Nothing is decoded."""
     layout = JpegLayout()
+    out = [b"\xff\xd8"]
     position, segments, meta_segments, meta_bytes = 2, 0, 0, 0
     size = len(data)
+    jfif, adobe_transform, orientation, exif_seen = False, None, 1, False
+    progression: _Progression | None = None
     while True:
         if position + 2 > size:
             raise CorruptImageError(detail=f"JPEG ends at byte {size} without EOI")
@@ -204,8 +451,8 @@ def scan_jpeg(data: bytes) -> JpegLayout:
         if marker == 0xD9:  # EOI
             if layout.scans == 0:
                 raise CorruptImageError(detail="EOI before any scan")
-            layout.eoi = position
-            return layout
+            progression.check_complete()
+            break
         if marker in _STANDALONE or marker == 0xD8:
             raise CorruptImageError(detail=f"stray marker 0xFF{marker:02X} at byte {position}")
         if position + 4 > size:
@@ -218,13 +465,20 @@ def scan_jpeg(data: bytes) -> JpegLayout:
         if segments > MAX_JPEG_SEGMENTS:
             raise ImageTooComplexError(TOO_MANY_SEGMENTS_MESSAGE, f"more than {MAX_JPEG_SEGMENTS} segments",
                                        MAX_JPEG_SEGMENTS)
-        if 0xE0 <= marker <= 0xEF or marker == 0xFE:  # APPn, COM
+        if marker in _DROPPED:
             meta_segments += 1
             meta_bytes += length
             if meta_segments > MAX_METADATA_SEGMENTS or meta_bytes > MAX_METADATA_BYTES:
                 raise ImageTooComplexError(TOO_MUCH_METADATA_MESSAGE,
                                            f"{meta_segments} metadata segments, {meta_bytes} bytes",
                                            MAX_METADATA_BYTES)
+            head = data[position + 4:min(end, position + 4 + 14)]
+            if marker == 0xE0 and length >= 16 and head.startswith(b"JFIF\0"):
+                jfif = True
+            elif marker == 0xEE and length >= 14 and head.startswith(b"Adobe"):
+                adobe_transform = head[11]
+            elif marker == 0xE1 and not exif_seen and head.startswith(b"Exif\0\0"):
+                orientation, exif_seen = exif_orientation(data[position + 10:end]), True
         elif marker in _SOF_SUPPORTED or marker in _SOF_OTHER:
             if layout.width:
                 raise CorruptImageError(detail="second SOF marker")
@@ -232,68 +486,103 @@ def scan_jpeg(data: bytes) -> JpegLayout:
                 raise UnsupportedFormatError(UNSUPPORTED_JPEG_MESSAGE, f"SOF marker 0xFF{marker:02X}")
             if length < 8:
                 raise CorruptImageError(detail="short SOF segment")
-            precision, height, width = struct.unpack_from(">BHH", data, position + 4)
+            precision, height, width, components = struct.unpack_from(">BHHB", data, position + 4)
             if precision != 8:
                 raise UnsupportedFormatError(UNSUPPORTED_JPEG_MESSAGE, f"{precision}-bit samples")
-            _check_pixels(width, height, "JPEG SOF")
+            if components not in (1, 3, 4) or length != 8 + 3 * components:
+                raise CorruptImageError(detail=f"SOF with {components} components in {length} bytes")
+            check_shape(width, height, "JPEG SOF")
+            ids = [data[position + 10 + 3 * i] for i in range(components)]
+            if len(set(ids)) != components:
+                raise CorruptImageError(detail=f"SOF component ids {ids}")
             layout.width, layout.height, layout.progressive = width, height, marker == 0xC2
+            layout.components = components
+            progression = _Progression(ids, layout.progressive)
+            out.append(data[position:end])
         elif marker == 0xDA:  # SOS: the entropy-coded data follows up to the next marker
             if not layout.width:
                 raise CorruptImageError(detail="scan before the frame header")
             layout.scans += 1
             if layout.scans > MAX_JPEG_SCANS:
                 raise ImageTooComplexError(TOO_MANY_SCANS_MESSAGE, f"more than {MAX_JPEG_SCANS} scans", MAX_JPEG_SCANS)
+            progression.add(data[position + 4:end])
             found = _MARKER_IN_SCAN.search(data, end)
             if found is None:
                 raise CorruptImageError(detail="scan data runs to the end of the file (no EOI)")
+            out.append(data[position:found.start()])
             position = found.start()
             continue
+        elif marker in _TABLES:
+            out.append(data[position:end])
+        else:  # DHP, EXP, DNL, DAC, reserved: nothing a baseline/progressive decoder reads
+            raise CorruptImageError(detail=f"marker 0xFF{marker:02X} at byte {position}")
         position = end
+    colour = []
+    if jfif:
+        colour.append(_JFIF_SEGMENT)
+    if adobe_transform is not None:
+        colour.append(_adobe_segment(adobe_transform))
+    stream = b"".join([out[0], *colour, *out[1:]])
+    layout.eoi = len(stream)
+    return Intake("JPEG", layout.width, layout.height, stream + b"\xff\xd9", orientation, 0, layout, len(data))
+
+
+def inspect_image(data: bytes) -> Intake:
+    """Every check that needs no pixel decoded, and the minimal stream to decode: what a
+    batch runs on each of its images before it decodes any of them."""
+    if isinstance(data, Intake):
+        return data
+    if not data:
+        raise InvalidImageError(EMPTY_MESSAGE, "0 bytes")
+    if sniff_format(data) == "PNG":
+        return inspect_png(data)
+    return inspect_jpeg(data)
+
+
+def scan_png(data: bytes) -> bytes:
+    """The PNG with only the chunks decoding needs (see inspect_png)."""
+    return inspect_png(data).stream
+
+
+def scan_jpeg(data: bytes) -> JpegLayout:
+    """The JPEG pre-scan's layout (see inspect_jpeg)."""
+    return inspect_jpeg(data).jpeg
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(stream: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image = Image.open(io.BytesIO(stream), formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"Pillow: {exc}") from None
     except Exception as exc:  # Pillow raises many types for corrupt headers
         raise CorruptImageError(detail=f"open: {type(exc).__name__}: {exc}") from None
-    if image.format not in ("PNG", "JPEG", "MPO"):  # MPO: a JPEG with more JPEGs after it
+    if image.format not in ALLOWED_FORMATS:
         raise UnsupportedFormatError(detail=f"Pillow format {image.format}")
-    _check_pixels(*image.size, "Pillow header")
+    check_shape(*image.size, "Pillow header")
     return image
 
 
 def open_image(data: bytes) -> Image.Image:
     """Open PNG or JPEG bytes with Pillow after the structural pre-scan: nothing is
-    decoded yet, and everything that can be refused on the structure has been."""
-    image, _layout = _open_checked(data)
+    decoded yet, everything that can be refused on the structure has been, and Pillow
+    sees only the minimal stream (no metadata). EXIF orientation: ``inspect_image``."""
+    intake = inspect_image(data)
+    image = _open(intake.stream)
+    if image.size != (intake.width, intake.height):
+        raise CorruptImageError(detail=f"Pillow size {image.size} differs from the header "
+                                       f"{intake.width}x{intake.height}")
     return image
-
-
-def _open_checked(data: bytes) -> tuple[Image.Image, JpegLayout | None]:
-    if not data:
-        raise InvalidImageError(EMPTY_MESSAGE, "0 bytes")
-    if sniff_format(data) == "PNG":
-        return _open(scan_png(data)), None
-    layout = scan_jpeg(data)
-    image = _open(data)
-    if image.size != (layout.width, layout.height):
-        raise CorruptImageError(detail=f"Pillow size {image.size} differs from the SOF {layout.width}x{layout.height}")
-    return image, layout
 
 
 def _load(image: Image.Image, size: int) -> Image.Image:
     """Decode the pixels (JPEG at the smallest DCT scale that still covers ``size``)."""
     try:
-        if getattr(image, "is_animated", False):
-            image.seek(0)
-        if image.format in ("JPEG", "MPO"):
+        if image.format == "JPEG":
             image.draft(None, (size, size))
         image.load()
     except InvalidImageError:
@@ -306,81 +595,153 @@ def _load(image: Image.Image, size: int) -> Image.Image:
     return image
 
 
-def _jpeg_was_cut_short(data: bytes, layout: JpegLayout, decoded: Image.Image, size: int) -> bool:
+def _jpeg_was_cut_short(intake: Intake, decoded: Image.Image, size: int) -> bool:
     """True when the last scan ended before its last block and that changes the pixels
     decoded at this scale: decoding again with a probe inserted before EOI gives other
     pixels (libjpeg skips bytes between a complete scan and the next marker, but reads
     them as data when the scan is incomplete). A progressive file cut in an AC scan
     whose coefficients this DCT scale does not use (1/8 uses DC only) gives exactly the
     complete file's pixels, and passes."""
-    probed = data[:layout.eoi] + _TRUNCATION_PROBE + data[layout.eoi:]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        again = _load(Image.open(io.BytesIO(probed), formats=ALLOWED_FORMATS), size)
+    eoi = intake.jpeg.eoi
+    probed = intake.stream[:eoi] + _TRUNCATION_PROBE + intake.stream[eoi:]
+    again = _load(_open(probed), size)
     return again.size != decoded.size or again.tobytes() != decoded.tobytes()
 
 
-def load_image(data: bytes, size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:
-    """PNG or JPEG bytes -> a decoded Pillow image (JPEGs at a reduced DCT scale that
-    still covers ``size``), after every intake check. EXIF orientation not yet applied."""
-    image, layout = _open_checked(data)
+def load_image(data: bytes | Intake, size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:
+    """PNG or JPEG bytes (or their Intake) -> a decoded Pillow image (JPEGs at a reduced
+    DCT scale that still covers ``size``), after every intake check. EXIF orientation
+    not applied (it is ``inspect_image(data).orientation``)."""
+    intake = inspect_image(data)
+    image = open_image(intake)
     image = _load(image, size)
-    if layout is not None and _jpeg_was_cut_short(data, layout, image, size):
+    if intake.format == "JPEG" and _jpeg_was_cut_short(intake, image, size):
         raise CorruptImageError(detail="the last JPEG scan ends before its last block")
+    if image.mode == "P" and intake.palette_entries:
+        highest = image.getextrema()[1]
+        if highest >= intake.palette_entries:
+            raise CorruptImageError(BAD_PALETTE_MESSAGE, f"index {highest} of {intake.palette_entries} entries")
     return image
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB. Alpha is composited on black (the ultrasound background);
-    16-bit grayscale is scaled to 8 bits (65535 -> 255) instead of being clipped; NaN and
-    infinities of a float image become 0 and 255."""
+def _sixteen_to_gray(image: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit integer) grayscale -> 8-bit L: rint(v / 257) (65535 -> 255)
+    instead of Pillow's clipping, a block of rows at a time so that the temporaries stay
+    small."""
+    values = np.asarray(image)
+    out = np.empty(values.shape, dtype=np.uint8)
+    step = max(1, _ROW_BLOCK_PIXELS // max(1, values.shape[1]))
+    for row in range(0, values.shape[0], step):
+        block = values[row:row + step]
+        if image.mode == "I":
+            block = np.clip(block, 0, 65535)
+        out[row:row + step] = (block.astype(np.uint32) + SIXTEEN_BIT_DIVISOR // 2) // SIXTEEN_BIT_DIVISOR
+    return Image.fromarray(out, mode="L")
+
+
+def _premultiplied_palette(image: Image.Image) -> Image.Image:
+    """A palette image with transparency -> the same image with each palette colour
+    composited on black (colour x alpha / 255), no transparency: a palette step, no
+    full-size RGBA copy."""
+    palette = image.getpalette("RGB") or []
+    entries = len(palette) // 3
+    transparency = image.info.get("transparency")
+    alpha = [255] * entries
+    if isinstance(transparency, int) and 0 <= transparency < entries:
+        alpha[transparency] = 0
+    elif isinstance(transparency, bytes):
+        for i, value in enumerate(transparency[:entries]):
+            alpha[i] = value
+    colours = np.asarray(palette, dtype=np.uint32).reshape(-1, 3)
+    weights = np.asarray(alpha, dtype=np.uint32)[:, None]
+    premultiplied = ((colours * weights + 127) // 255).astype(np.uint8)
+    out = image.copy() if image.readonly else image
+    out.putpalette(premultiplied.tobytes(), "RGB")
+    out.info.pop("transparency", None)
+    return out
+
+
+def _working_image(image: Image.Image) -> tuple[Image.Image, str]:
+    """(an image to resize, how to finish it): "L" gray (resized as gray, then RGB),
+    "RGB", or "RGBa" (premultiplied: its colour channels are the image composited on
+    black). Each step makes at most one full-size copy."""
     mode = image.mode
-    if mode == "RGB":
-        return image
+    transparent = "transparency" in image.info
     if mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image)
-        if mode == "I":
-            values = np.clip(values, 0, 65535)
-        values = values.astype(np.uint32)  # rint(v / 257) in integers: 65535 -> 255
-        gray = ((values + SIXTEEN_BIT_DIVISOR // 2) // SIXTEEN_BIT_DIVISOR).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+        return _sixteen_to_gray(image), "L"
     if mode == "F":
         values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L"), "L"
     if mode == "1":
-        return image.convert("L").convert("RGB")
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info) or (
-        mode in ("L", "RGB") and "transparency" in image.info
-    ):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*PAD_COLOR, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")  # L, P, CMYK, YCbCr ...
+        return image.convert("L"), "L"
+    if mode == "L" and transparent:
+        value = image.info["transparency"]
+        lut = [0 if v == value else v for v in range(256)]
+        return image.point(lut), "L"
+    if mode == "L":
+        return image, "L"
+    if mode == "P" and transparent:
+        return _premultiplied_palette(image).convert("RGB"), "RGB"
+    if mode == "LA":
+        return image.convert("La"), "La"
+    if mode == "La":
+        return image, "La"
+    if mode == "RGB" and not transparent:
+        return image, "RGB"
+    if mode == "RGBa":
+        return image, "RGBa"
+    if mode in _ALPHA_MODES or transparent:  # RGBA, PA, RGB with a transparent colour
+        return image.convert("RGBA").convert("RGBa"), "RGBa"
+    return image.convert("RGB"), "RGB"  # P, CMYK, YCbCr ...
 
 
-def decode_image(data: bytes, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """Decode PNG or JPEG bytes into the model input: uint8 array (size, size, 3).
+def _finish(resized: Image.Image, kind: str) -> Image.Image:
+    """The resized working image as RGB."""
+    if kind in ("RGBa", "La"):
+        values = np.asarray(resized)
+        gray_or_rgb = values[..., :3] if kind == "RGBa" else values[..., 0]
+        return Image.fromarray(np.ascontiguousarray(gray_or_rgb), "RGB" if kind == "RGBa" else "L").convert("RGB")
+    return resized.convert("RGB") if resized.mode != "RGB" else resized
 
-    Steps, in this order: format sniffing and the structural pre-scan (size checked
-    before decoding), open with Pillow's PNG/JPEG plugins only, first frame, JPEG draft
-    mode (libjpeg decodes at a reduced scale that is still at least ``size``), the
-    truncation check of JPEG, EXIF orientation, conversion to RGB, one bilinear resize
-    of the longer side to ``size`` keeping the aspect ratio, centred on a black square.
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB, full size. Alpha is composited on black (the ultrasound
+    background); 16-bit grayscale is scaled to 8 bits (65535 -> 255) instead of being
+    clipped; NaN and infinities of a float image become 0 and 255."""
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    working, kind = _working_image(image)
+    return _finish(working, kind)
+
+
+def decode_image(data: bytes | Intake, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """Decode PNG or JPEG bytes (or what ``inspect_image`` made of them) into the model
+    input: uint8 array (size, size, 3).
+
+    Steps, in this order: format sniffing and the structural pre-scan (size and shape
+    checked, the file rewritten to what decoding needs), open with Pillow's PNG/JPEG
+    plugins only, JPEG draft mode (libjpeg decodes at a reduced scale that is still at
+    least ``size``), the truncation check of JPEG and the palette check of PNG, the
+    mode the resize runs in (gray stays gray, alpha premultiplied = composited on
+    black), one bilinear resize of the longer side to ``size`` keeping the aspect ratio,
+    conversion to RGB, the EXIF orientation as a transpose, centred on a black square.
     Raises InvalidImageError (ImageTooLargeError for too many pixels) for anything else.
     """
-    image = load_image(data, size)
+    intake = inspect_image(data)
+    image = load_image(intake, size)
     try:
-        image = ImageOps.exif_transpose(image)
-        image = to_rgb(image)
-        width, height = image.size
+        working, kind = _working_image(image)
+        del image
+        width, height = working.size
         scale = size / max(width, height)
         new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        resized = image.resize(new_size, Image.Resampling[RESIZE_METHOD.upper()])
+        resized = working.resize(new_size, Image.Resampling[RESIZE_METHOD.upper()])
+        del working
+        upright = apply_orientation(_finish(resized, kind), intake.orientation)
     except InvalidImageError:
         raise
-    except Exception as exc:  # corrupt EXIF and the like
+    except Exception as exc:  # a mode Pillow cannot convert, and the like
         raise CorruptImageError(detail=f"convert: {type(exc).__name__}: {exc}") from None
     canvas = Image.new("RGB", (size, size), PAD_COLOR)
-    canvas.paste(resized, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
+    canvas.paste(upright, ((size - upright.width) // 2, (size - upright.height) // 2))
     return np.asarray(canvas, dtype=np.uint8)

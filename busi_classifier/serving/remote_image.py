@@ -327,11 +327,11 @@ def fetch_image(url: str, policy: UrlPolicy, resolve: Callable[[str, int], list[
             if response.status in REDIRECT_STATUSES:
                 location = response.headers.get("location")
                 if not location:
-                    raise failed(f"the url answered HTTP {response.status} without a Location")
+                    raise failed("the url answered a redirect without a Location", f"HTTP {response.status}")
                 url = _redirect_target(target.url, location)
                 continue
             if response.status != 200:
-                raise failed(f"the url answered HTTP {response.status}")
+                raise failed("the url did not answer 200 OK", f"HTTP {response.status}")
             return _read_capped(response, policy, deadline)
         finally:
             response.close()
@@ -351,8 +351,8 @@ def _connect_any(addresses: list[str], target: Target, connect, deadline: float,
             if time.monotonic() >= deadline:
                 raise timed_out(timeout, f"{target.host} at {address}: {type(exc).__name__}") from None
             if isinstance(exc, ssl.SSLError):  # the certificate: no oracle, DNS already answered
-                raise failed(f"TLS with the url's host failed (certificate not valid for {target.host}?)",
-                             f"{address}: {type(exc).__name__}: {exc}") from None
+                raise failed("TLS with the url's host failed (its certificate is not valid for it?)",
+                             f"{target.host} at {address}: {type(exc).__name__}: {exc}") from None
             details.append(f"{address}: {type(exc).__name__}: {exc}")
     raise failed(UNREACHABLE, f"{target.host}: " + "; ".join(details))
 

@@ -25,6 +25,7 @@ from busi_classifier.data.splitting import (
     stratified_split,
     write_split_csv,
 )
+from busi_classifier.data.synthetic import SYNTHETIC_MARKER
 from busi_classifier.serving.constants import CLASSES
 from busi_classifier.serving.predictor import apply_temperature
 from busi_classifier.training.preflight import preflight
@@ -509,6 +510,8 @@ def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluatio
         "per_split": data.counts,
         "split": config.split,
         "split_file": "split.csv",
+        # a dataset written by `synthesize` carries its marker file: the card says "demo model"
+        "synthetic": (Path(data.root) / SYNTHETIC_MARKER).is_file(),
     }
     if config.mixed_precision:  # export a float32 copy: the serving world has no float16 policy
         import keras
@@ -564,7 +567,8 @@ def write_reports(config: TrainConfig, data: PreparedData, evaluation: Evaluatio
                                      evaluation.temperature, figures_dir, model=served.file,
                                      best_epoch=evaluation.test_metrics.get("best_epoch"))
     cam = served_cam_figure(data.x["test"], served.maps, served.raw, data.y["test"], served.masks, CLASSES,
-                            figures_dir / "cam_examples.png", f"test split, {served.file}")
+                            figures_dir / "cam_examples.png", f"test split, {served.file}",
+                            groups=test_groups(data))
     if cam is not None:
         figures["class activation maps"] = cam
     write_json(out_dir / "metrics.json", {

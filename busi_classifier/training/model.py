@@ -9,7 +9,7 @@ from keras import layers, ops
 
 from busi_classifier.config import ConfigError, TrainConfig
 from busi_classifier.serving.constants import CLASSES
-from busi_classifier.training.preflight import WEIGHTS_FILE_HINT, WeightsError
+from busi_classifier.training.preflight import WEIGHTS_FILE_HINT, WeightsError, imagenet_unavailable
 
 __all__ = ["ResNet50Preprocess", "WeightsError", "build_base", "build_model", "freeze_base", "load_keras_model",
            "unfreeze_top", "inference_copy", "explain_model", "CAM_OUTPUT"]
@@ -54,13 +54,8 @@ def build_base(weights: str, image_size: int) -> keras.Model:
         try:
             return keras.applications.ResNet50(include_top=False, weights="imagenet", input_shape=shape)
         except Exception as exc:
-            raise WeightsError(
-                "could not download the ImageNet weights for ResNet50 "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).\n"
-                "  Without internet, either train from random initialisation:  --weights none\n"
-                f"  or give a local weights file:  --weights PATH/TO/{WEIGHTS_FILE_HINT}\n"
-                "  (Keras also reads it from ~/.keras/models/ if it was downloaded before.)"
-            ) from None
+            detail = " ".join(str(exc).split())[:200]
+            raise WeightsError(imagenet_unavailable(f"{type(exc).__name__}: {detail}")) from None
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(
@@ -69,10 +64,9 @@ def build_base(weights: str, image_size: int) -> keras.Model:
     try:
         return keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=shape)
     except Exception as exc:
-        raise WeightsError(
-            f"could not load weights from {path}: {type(exc).__name__}: {str(exc)[:300]} "
-            f"(expected ResNet50 no-top weights such as {WEIGHTS_FILE_HINT})"
-        ) from None
+        detail = " ".join(str(exc).split())[:300]
+        raise WeightsError(f"could not load weights from {path}: {type(exc).__name__}: {detail} "
+                           f"(expected ResNet50 no-top weights such as {WEIGHTS_FILE_HINT})") from None
 
 
 def build_model(config: TrainConfig) -> tuple[keras.Model, keras.Model]:

@@ -30,6 +30,13 @@ def keras_cache_candidates() -> list[Path]:
     return [Path(home) / "models" / WEIGHTS_FILE_HINT for home in homes if home]
 
 
+def imagenet_unavailable(reason: str) -> str:
+    """The one-line message for ImageNet weights that cannot be had (``reason``: why)."""
+    return (f"cannot download the ImageNet weights for ResNet50 ({reason}); without internet train from random "
+            f"initialisation with --weights none, or give a local file with --weights PATH/TO/{WEIGHTS_FILE_HINT} "
+            f"(Keras also reads it from {keras_cache_candidates()[0].parent}/ if it was downloaded before)")
+
+
 def check_weights(weights: str, timeout: float = DOWNLOAD_CHECK_TIMEOUT_S) -> None:
     """Raise WeightsError unless ``weights`` can be had: 'none'; 'imagenet' when Keras'
     cache holds the file or the download address answers within ``timeout`` seconds; a
@@ -49,13 +56,8 @@ def check_weights(weights: str, timeout: float = DOWNLOAD_CHECK_TIMEOUT_S) -> No
             with urllib.request.urlopen(request, timeout=timeout):
                 return
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise WeightsError(
-                f"cannot download the ImageNet weights for ResNet50 ({reason}).\n"
-                "  Without internet, either train from random initialisation:  --weights none\n"
-                f"  or give a local weights file:  --weights PATH/TO/{WEIGHTS_FILE_HINT}\n"
-                f"  (Keras also reads it from {keras_cache_candidates()[0].parent}/ if it was downloaded before.)"
-            ) from None
+            reason = " ".join(str(getattr(exc, "reason", exc)).split())
+            raise WeightsError(imagenet_unavailable(reason)) from None
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path} (--weights takes 'imagenet', 'none' or a path to "

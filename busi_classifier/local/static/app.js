@@ -6,7 +6,10 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const SIDE = 512; // canvas pixels of the square view
-  const MAX_FILE_BYTES = 6 * 1024 * 1024; // a Lambda request is at most 6 MB, and base64 adds a third
+  // Image bytes per request: what GET /health says (limits.image_bytes); until it has, or for an
+  // API that does not say, MAX_IMAGE_BYTES of busi_classifier/serving/api.py. The page sends the file
+  // base64 in JSON, and the API's limit is on the decoded bytes, i.e. the file's size.
+  const DEFAULT_IMAGE_BYTES = 4400000;
   // The heat-map colours, low -> high: the ramp of busi_classifier/serving/explain.py ("inferno"-like)
   const RAMP = [[0, 0, 4], [66, 10, 104], [147, 38, 103], [221, 81, 58], [252, 165, 10], [252, 255, 164]];
 
@@ -19,6 +22,7 @@
       "or add ?api=https://... (the API's address) to the page's address.";
   let classes = null; // from /health
   let explainAvailable = null; // true/false from /health; null: not known
+  let imageBytes = DEFAULT_IMAGE_BYTES; // the API's limit on the image (limits.image_bytes of /health)
   let current = 0; // the latest request; older answers are dropped
   let pictureUrl = null;
 
@@ -112,17 +116,58 @@
       const res = await call(api + "/health", { headers: headers(false) });
       if (!res.ok || !res.body || typeof res.body !== "object") {
         showError(`The API's /health check failed: ${errorMessage(res)}`, errorCode(res));
+        showModelSummary(null);
         setState("idle", "Ready (the API's health check failed; you can still try an image).");
         return;
       }
       if (typeof res.body.model_version === "string") $("model-version").textContent = res.body.model_version;
       if (Array.isArray(res.body.classes)) classes = res.body.classes.filter((c) => typeof c === "string");
       if (typeof res.body.explain === "boolean") explainAvailable = res.body.explain;
+      const limits = res.body.limits;
+      if (limits && typeof limits === "object" && Number.isInteger(limits.image_bytes) && limits.image_bytes > 0) {
+        imageBytes = limits.image_bytes;
+      }
       showExplainNote();
+      showModelSummary(res.body.model);
       setState("idle", "Ready: drop or choose an image.");
     } catch (error) {
       showError(unreachable(error));
+      showModelSummary(null);
       setState("idle", "Ready (the API did not answer its health check; you can still try an image).");
+    }
+  }
+
+  // How good the model is (the "model" of /health, from its model.json): a line under the
+  // class, and the demo-model notice at the top of the page where it applies
+  function showModelSummary(summary) {
+    const figures = $("model-figures");
+    const notice = $("demo-notice");
+    if (!summary || typeof summary !== "object" || typeof summary.text !== "string") {
+      figures.replaceChildren("How good this model is: not known (the API's health check did not say).");
+      figures.dataset.known = "false";
+      notice.hidden = true;
+      return;
+    }
+    const parts = [summary.text + "."];
+    if (typeof summary.report === "string" && summary.report) {
+      parts.push(" Full report: ");
+      const isUrl = /^https?:\/\//.test(summary.report);
+      const report = document.createElement(isUrl ? "a" : "code"); // else a path in the project's repository
+      if (isUrl) {
+        report.href = summary.report;
+        report.rel = "noopener";
+      }
+      report.id = "model-report";
+      report.textContent = summary.report;
+      parts.push(report, isUrl ? "." : " in the project's repository.");
+    }
+    figures.replaceChildren(...parts);
+    figures.dataset.known = "true";
+    if (typeof summary.notice === "string" && summary.notice) {
+      $("demo-notice-text").textContent = summary.notice.charAt(0).toUpperCase() + summary.notice.slice(1) + ".";
+      notice.hidden = false;
+    } else {
+      notice.hidden = true;
     }
   }
 
@@ -298,13 +343,15 @@
       fail(noApi);
       return;
     }
-    if (file.size > MAX_FILE_BYTES) {
-      fail(`This file is ${(file.size / 1e6).toFixed(1)} MB; the API takes at most 6 MB per request, ` +
-        "about 4.4 MB of image once base64-encoded.");
+    await health; // explain or not, and the size limit: what /health says
+    if (id !== current) return;
+    if (file.size > imageBytes) {
+      fail(`This file is ${file.size.toLocaleString("en")} bytes (${(file.size / 1e6).toFixed(2)} MB); the API ` +
+        `takes at most ${imageBytes.toLocaleString("en")} bytes (${(imageBytes / 1e6).toFixed(2)} MB) of image ` +
+        "per request (a Lambda request is at most 6 MB, and base64 makes the image a third larger). " +
+        "Send a smaller or more compressed file.");
       return;
     }
-    await health; // explain or not: what /health says
-    if (id !== current) return;
     let image;
     try {
       image = await readBase64(file);
