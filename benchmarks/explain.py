@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     os.environ.update(MODEL_PATH=str(Path(args.model).resolve()), NUM_THREADS="1", LOG_LEVEL="ERROR", EMF_METRICS="off")
-    from busi_classifier.cli import native_stderr_silenced
+    from busi_classifier.console import native_stderr_silenced
     from busi_classifier.serving.api import make_handler
     from busi_classifier.serving.settings import ServingSettings
 

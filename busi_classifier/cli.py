@@ -2,21 +2,30 @@
 
 Commands that only read files (audit, split, predict, synthesize) never import
 TensorFlow; train checks everything cheap (flags, dataset layout, weights, stage names)
-before it hashes an image or imports TensorFlow.
+before it hashes an image or imports TensorFlow. Imported by no module of the package:
+the helpers the commands share (help formatting, --quiet/--verbose, quiet TensorFlow)
+live in busi_classifier.console.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
 from busi_classifier.config import ConfigError, TrainConfig
+from busi_classifier.console import (
+    HelpFormatter,
+    add_output_options,
+    bounded_int,
+    native_stderr_silenced,
+    quiet_tensorflow,
+    show_progress,
+)
 
 DEFAULTS = TrainConfig()
 DEFAULT_AUDIT_DIR = "artifacts/audit"
@@ -25,54 +34,6 @@ DEFAULT_MODEL_DIR = "artifacts/model"
 # TrainConfig fields the `split` command takes (the rest only matter for training).
 SPLIT_SETTINGS = ("data_dir", "out_dir", "seed", "max_per_class", "val_fraction", "test_fraction", "split",
                   "near_duplicate_bits", "conflict_label", "folds", "fold")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's line breaks and shows every option's default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (not action.option_strings or action.required or action.default is argparse.SUPPRESS
-                or "default" in text):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-def _bounded_int(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = "int"
-    return parse
-
-
-positive_int = _bounded_int(1)  # a whole number >= 1 (argparse ``type=``)
-
-
-def add_output_options(parser: argparse.ArgumentParser, tensorflow: bool = True) -> None:
-    """--quiet and --verbose, shared by the commands that run long.
-
-    Args:
-        parser: the command's parser.
-        tensorflow: whether the command imports TensorFlow (then --verbose shows its log
-            lines); audit and split do not, and their --verbose says so.
-    """
-    parser.add_argument("--quiet", action="store_true", help="no progress bars (they are off anyway when stderr is "
-                        "not a terminal, e.g. a log file)")
-    if tensorflow:
-        parser.add_argument("--verbose", action="store_true",
-                            help="show TensorFlow's, absl's and the TFLite converter's own log lines (hidden "
-                            "otherwise)")
-    else:
-        parser.add_argument("--verbose", action="store_true",
-                            help="no effect: this command imports no TensorFlow, so it has no TensorFlow log lines "
-                            "to show (accepted so that `train.py --audit/--split-only ... --verbose` works)")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
@@ -100,7 +61,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...]
         elif meta["parse"]:
             kwargs.update(default=",".join(default))
         else:
-            kind = {"positive": _bounded_int(1), "nonneg": _bounded_int(0)}.get(meta["kind"])
+            kind = {"positive": bounded_int(1), "nonneg": bounded_int(0)}.get(meta["kind"])
             kwargs.update(type=kind or (type(default) if default is not None else str), default=default,
                           choices=meta["choices"])
         if f.name == "data_dir":
@@ -143,99 +104,6 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     add_config_arguments(p)
     add_output_options(p)
     return p
-
-
-def quiet_tensorflow(verbose: bool) -> None:
-    """Before TensorFlow is imported: keep its C++ and absl log lines (the oneDNN notice,
-    CPU feature lines, duplicated warnings) out of the console unless ``verbose``.
-
-    TF_CPP_MIN_LOG_LEVEL (set here unless the environment sets it) hides what TensorFlow
-    logs once its logging is set up; but what its two shared libraries log while they load,
-    before absl::InitializeLog runs ("WARNING: All log messages before absl::InitializeLog()
-    ...", "I0000 ... oneDNN custom operations are on", once per library), absl writes to
-    stderr whatever the level. So the first ``import tensorflow`` in the process, wherever
-    it happens (keras imports it too), runs with file descriptor 2 sent to /dev/null
-    (``SilentTensorFlowImport``). oneDNN stays on: the numbers do not change.
-    """
-    if verbose:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")  # the C++ absl logger (its E0000 lines)
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    if "tensorflow" not in sys.modules and not any(isinstance(f, SilentTensorFlowImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, SilentTensorFlowImport())
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:
-        pass
-    import logging
-
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-
-
-class SilentTensorFlowImport:
-    """An import hook (``sys.meta_path``) for the one module ``tensorflow``: the first
-    import of it runs with file descriptor 2 silenced (``native_stderr_silenced``), then the
-    hook removes itself. The module is the one the other finders find, with its own loader
-    (only the package's execution is wrapped); an import that fails still raises."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
-            return None
-        import importlib.util
-
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _SilencedLoader(spec.loader)
-        return spec
-
-
-class _SilencedLoader:
-    """Runs ``loader.exec_module`` with file descriptor 2 silenced; the module keeps
-    ``loader`` as its own (``__loader__``, ``__spec__.loader``)."""
-
-    def __init__(self, loader) -> None:
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec) if hasattr(self.loader, "create_module") else None
-
-    def exec_module(self, module) -> None:
-        module.__loader__ = self.loader
-        if getattr(module, "__spec__", None) is not None:
-            module.__spec__.loader = self.loader
-        with native_stderr_silenced():
-            self.loader.exec_module(module)
-
-
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Send what C/C++ code writes to file descriptor 2 (the TFLite converter's MLIR
-    notes, LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate") to /dev/null for the
-    duration; Python's own sys.stderr is flushed first and works again after."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no file descriptor 2 (embedded interpreters): nothing to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def show_progress(args: argparse.Namespace) -> bool:
-    """Progress bars only on a terminal: in a log file a bar is hundreds of carriage returns."""
-    return not args.quiet and sys.stderr.isatty()
 
 
 def _error(exc: Exception | str, code: int = 1) -> int:
@@ -314,7 +182,7 @@ def audit_main(argv=None) -> int:
                    "(see data/README.md)")
     p.add_argument("--out", default=DEFAULT_AUDIT_DIR, help="folder for audit.md and audit.json")
     p.add_argument("--figures", default=None, help="folder for the figures (default: --out)")
-    p.add_argument("--near-duplicate-bits", type=_bounded_int(0), default=DEFAULTS.near_duplicate_bits,
+    p.add_argument("--near-duplicate-bits", type=bounded_int(0), default=DEFAULTS.near_duplicate_bits,
                    help="perceptual-hash distance at or below which two images are near-duplicates")
     add_output_options(p, tensorflow=False)
     args = p.parse_args(argv)
@@ -343,7 +211,7 @@ def split_main(argv=None) -> int:
     add_output_options(p, tensorflow=False)
     args = p.parse_args(argv)
     from busi_classifier.data.dataset import DatasetError
-    from busi_classifier.training.loop import prepare_split, split_counts
+    from busi_classifier.data.prepare import prepare_split, split_counts
 
     try:
         config = config_from_args(args)
@@ -361,56 +229,116 @@ def split_main(argv=None) -> int:
 
 
 def predict_main(argv=None) -> int:
+    from busi_classifier.console import positive_int
+    from busi_classifier.local.batch_predict import MAX_DEFAULT_WORKERS, MIN_IMAGES_PER_WORKER, default_workers
+
     p = _parser("python -m busi_classifier predict",
-                "Classify local image files with an exported model (LiteRT, as the Lambda function does; no "
-                "TensorFlow) and print one row per file.",
+                "Classify local image files, or every PNG and JPEG in folders (recursively), with an exported model "
+                "(LiteRT and the same intake as the Lambda function; no TensorFlow). Without --out, one row per file "
+                "on stdout; with --out, one row per file in a CSV or JSONL results file that a rerun resumes.\n\n"
+                "In folders, files are taken by extension (.png, .jpg, .jpeg, any case), in sorted order. BUSI's "
+                "masks are not scans: files whose name ends in _mask or _mask_N (before the extension) are skipped, "
+                "in folders and on the command line. A file that cannot be read or that the intake refuses is a row "
+                "with its error code; the exit status is 1 when any file was refused, 0 otherwise.",
                 "examples:\n  python -m busi_classifier predict scan1.png scan2.jpg\n"
-                "  python -m busi_classifier predict --model artifacts/model --variant float32 --json scan.png")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+                "  python -m busi_classifier predict data/Dataset_BUSI_with_GT --out results.csv\n"
+                "  python -m busi_classifier predict --model artifacts/model --variant float32 --json scan.png\n"
+                "details: docs/predict.md")
+    p.add_argument("images", nargs="+", metavar="DIR|FILE", help="folders (searched recursively) and PNG or JPEG files")
     p.add_argument("--model", default=DEFAULT_MODEL_DIR,
                    help="model folder (model.json and the .tflite variants) or one .tflite file beside model.json")
     p.add_argument("--variant", default=None,
                    help="TFLite variant of a model folder (default: the one model.json names, as the function "
                    "serves)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    p.add_argument("--out", default=None, metavar="RESULTS.csv|RESULTS.jsonl",
+                   help="write the rows to this file (CSV or JSON lines, by the extension) instead of stdout; when it "
+                   "exists, files it already holds (same path, sha256 and model version) are not classified again "
+                   "and new rows are appended (default: a table on stdout)")
+    p.add_argument("--json", action="store_true", help="without --out: one JSON object per line instead of a table")
+    p.add_argument("--workers", type=positive_int, default=default_workers(),
+                   help="worker processes, each with its own interpreter; fewer are started for a short run (each "
+                   f"gets at least {MIN_IMAGES_PER_WORKER} images, else this process classifies them) (default: "
+                   f"one per CPU this process may use, at most {MAX_DEFAULT_WORKERS}: %(default)s here)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="interpreter threads per process (default: the CPUs this process may use, divided among the "
+                   "workers)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is off anyway when stderr is not a "
+                   "terminal, e.g. a log file)")
     args = p.parse_args(argv)
-    from busi_classifier.serving.predictor import ModelLoadError, Predictor
+    from busi_classifier.local.batch_predict import (
+        BatchError,
+        ResultsFile,
+        Summary,
+        columns,
+        find_images,
+        probability_column,
+        run,
+    )
+    from busi_classifier.serving.predictor import ModelLoadError, Predictor, available_cpus
 
+    if args.out is not None and args.json:
+        return _error("--json is for stdout; with --out, a .jsonl results file holds JSON lines", 2)
+    try:
+        if args.out is not None:
+            ResultsFile(args.out, [])  # the extension, before the model is loaded
+    except BatchError as exc:
+        return _error(exc, 2)
     problem = variant_flag_problem(args.model, args.variant)
     if problem:
         return _error(problem, 2)
+    found = find_images(args.images)
+    if not found.items:
+        masks = f" ({found.masks} mask files skipped)" if found.masks else ""
+        return _error(f"no PNG or JPEG files in {', '.join(args.images)}{masks}")
+    cpus = available_cpus()
     try:
         with native_stderr_silenced():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            predictor = Predictor(args.model, variant=args.variant) if args.variant else Predictor(args.model)
+            predictor = Predictor(args.model, variant=args.variant, num_threads=args.threads or cpus)
     except ModelLoadError as exc:
         return _error(exc)
-    from busi_classifier.serving.model_summary import model_summary, summary_line
-
-    rows = [_predict_file(predictor, path) for path in args.images]
-    # how good the model is (its card's test figures; None for a .tflite without model.json)
-    summary = model_summary(predictor.card) if predictor.card is not None else None
-    if args.json:  # every line one self-contained JSON object: the summary is a field of each
-        for row in rows:
-            print(json.dumps({**row, "model": summary}))
-    else:
-        print(_table(rows, list(predictor.classes)))
-        # after the table, on stderr: stdout stays the table alone (for pipes and scripts)
-        print(summary_line(summary) if summary is not None else "model: no model.json, no test figures",
-              file=sys.stderr)
-    return 1 if any("error" in row for row in rows) else 0
-
-
-def _predict_file(predictor, path: str) -> dict:
-    """{"file", "prediction", "probabilities"} or {"file", "error"}: one file's row."""
+    results = None
+    if args.out is not None:
+        results = ResultsFile(args.out, columns(predictor.classes))
+        try:
+            results.read()
+        except BatchError as exc:
+            return _error(exc, 2)
+        if results.dropped_partial_line:
+            print(f"note: dropped the incomplete last line of {args.out} (an interrupted run); its file is "
+                  "classified again", file=sys.stderr)
+    rows: list[dict] = []
+    summary = Summary(masks=found.masks)
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return {"file": path, "error": f"cannot read: {exc.strerror or exc}"}
-    try:
-        answer = predictor.predict_bytes(data)
-    except Exception as exc:  # a file that is not an image, or one the decoder refuses
-        return {"file": path, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-    return {"file": path, "prediction": answer["prediction"], "probabilities": answer["probabilities"]}
+        run(found.items, predictor, model=args.model, variant=args.variant, workers=args.workers,
+            threads=args.threads or max(1, cpus // args.workers), results=results,
+            progress=show_progress(args), on_row=None if results else rows.append,
+            summary=summary)
+    except KeyboardInterrupt:
+        where = f"; the rows so far are in {args.out}: rerun the same command to resume" if results else ""
+        print(f"interrupted{where}", file=sys.stderr)
+        return 130
+    except BatchError as exc:
+        return _error(exc)
+    if results is None:
+        from busi_classifier.serving.model_summary import model_summary, summary_line
+
+        classes = list(predictor.classes)
+        table = [{"file": r["path"], "error": r["error_message"]} if r["error_code"] else
+                 {"file": r["path"], "prediction": r["class"],
+                  "probabilities": {c: r[probability_column(c)] for c in classes}} for r in rows]
+        # how good the model is (its card's test figures; None for a .tflite without model.json)
+        model = model_summary(predictor.card) if predictor.card is not None else None
+        if args.json:  # every line one self-contained JSON object: the summary is a field of each
+            for row in table:
+                print(json.dumps({**row, "model": model}))
+        else:
+            print(_table(table, classes))
+            # after the table, on stderr: stdout stays the table alone (for pipes and scripts)
+            print(summary_line(model) if model is not None else "model: no model.json, no test figures",
+                  file=sys.stderr)
+    print(summary.line(args.out), file=sys.stderr)
+    # 1 when any file of the inputs was refused: in this run, or in the rows a resumed run kept
+    return 1 if summary.refused or summary.already_refused else 0
 
 
 def _table(rows: list[dict], classes: list[str]) -> str:
@@ -526,6 +454,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "serve": (serve_main, "a local HTTP endpoint (POST /predict, GET /health) for the Lambda handler"),
     "invoke": (invoke_main, "run the Lambda handler on a few images through every event shape"),
     "synthesize": (synthesize_main, "write a synthetic dataset in the BUSI layout"),
+    "archive": (lambda argv: __import__("busi_classifier.local.archive", fromlist=["main"]).main(argv),
+                "classify an S3 prefix with the deployed function (S3 Batch Operations): submit, status, results"),
 }
 
 

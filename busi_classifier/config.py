@@ -3,7 +3,10 @@
 Every setting is a TrainConfig field; its metadata (help text, flag name, choices, how a
 flag's text becomes the value) is the one description the command line is built from
 (busi_classifier.cli) and that ``TrainConfig.check`` validates against. The serving
-contract's constants (classes, input size, caps) live in busi_classifier.serving.constants.
+contract's constants (classes, input size, caps, variant names) live in
+busi_classifier.serving.constants. At the bottom of the training world: it imports only
+the standard library, serving's constants and busi_classifier.resnet50_layers (a layout
+test says so), never data, training, evaluation, export or the command line.
 """
 
 from __future__ import annotations
@@ -11,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
-from busi_classifier.export.variants import VARIANTS
-from busi_classifier.serving.constants import CLASSES, DEFAULT_IMAGE_SIZE
-from busi_classifier.training.resnet50_layers import RESNET50_LAYER_NAMES
+from busi_classifier.resnet50_layers import RESNET50_LAYER_NAMES
+from busi_classifier.serving.constants import CLASSES, DEFAULT_IMAGE_SIZE, VARIANTS
 
 # Two images are near-duplicates when their 255-bit perceptual hashes differ in at most
 # this many bits (chosen on the real BUSI data: see busi_classifier/data/audit.py and docs/data-audit.md).

@@ -113,7 +113,7 @@ def test_commands_without_tensorflow_do_not_offer_its_log_lines(command, monkeyp
 
 def test_stage_names_are_the_real_resnet50_layer_names():
     keras = pytest.importorskip("keras")
-    from busi_classifier.training.resnet50_layers import RESNET50_LAYER_NAMES
+    from busi_classifier.resnet50_layers import RESNET50_LAYER_NAMES
 
     base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
     assert tuple(layer.name for layer in base.layers[1:]) == RESNET50_LAYER_NAMES
@@ -243,7 +243,7 @@ def test_split_and_audit_commands_write_no_carriage_returns_to_a_log(synthetic_d
 def test_converter_chatter_on_file_descriptor_2_is_silenced(capfd):
     import os
 
-    from busi_classifier.cli import native_stderr_silenced
+    from busi_classifier.console import native_stderr_silenced
 
     with native_stderr_silenced():
         os.write(2, b"W0000 converter chatter\n")
@@ -269,7 +269,7 @@ def _user_env() -> dict:
 
 
 def test_importing_keras_after_quiet_tensorflow_prints_nothing_and_verbose_shows_it():
-    code = ("import sys; from busi_classifier.cli import quiet_tensorflow; quiet_tensorflow({verbose}); "
+    code = ("import sys; from busi_classifier.console import quiet_tensorflow; quiet_tensorflow({verbose}); "
             "import keras, tensorflow as tf; assert tf.constant(2.0).numpy() == 2.0; "
             "print('python stderr still works', file=sys.stderr)")
     runs = {verbose: subprocess.run([sys.executable, "-c", code.format(verbose=verbose)], cwd=ROOT, env=_user_env(),
@@ -456,8 +456,8 @@ def _tiny_model(size: int = 32):
 
 def test_variants_flag_writes_only_those_variants(tmp_path):
     pytest.importorskip("tensorflow")
-    from busi_classifier.export.tflite import export_model
     from busi_classifier.export.variants import VARIANT_FILES
+    from busi_classifier.training.loop import export_model
 
     out = tmp_path / "model"
     out.mkdir()

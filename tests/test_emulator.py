@@ -254,3 +254,59 @@ def test_function_timeout_answer_and_the_next_request(serving_venv, image, tmp_p
             assert len(initialised) in (0, 2)  # where the function logs its init: once per runtime
     finally:
         (image.task_root / "slow_lambda.py").unlink()
+
+
+def test_s3_batch_operations_events_through_the_emulator(serving_venv, image, tmp_path_factory, synthetic_dir):
+    """S3 Batch Operations events of both schema versions posted to the RIE's invoke
+    endpoint: the task root and the clean venv of requirements.txt (boto3 included) as the
+    image has them, moto's S3 server on loopback, boto3 pointed at it by AWS_ENDPOINT_URL.
+    Then the throughput of one function instance: events of BATCH_TASKS tasks each."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from test_s3_batch import FAKE_CREDENTIALS, REGION, batch_event, check_documented_answer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        s3 = boto3.client("s3", endpoint_url=url, region_name=REGION, aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="busi-scans")
+        images = synthetic_images(synthetic_dir, per_class=12)
+        keys = [f"scans/{label} {i}/ü.png" for i, (label, _) in enumerate(images)]
+        for key, (_, data) in zip(keys, images, strict=True):
+            s3.put_object(Bucket="busi-scans", Key=key, Body=data)
+        s3.put_object(Bucket="busi-scans", Key="scans/notes.txt", Body=b"not an image")
+        env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": url}
+        with start(serving_venv, image, tmp_path_factory, env=env) as emulator:
+            first = batch_event("1.0", "busi-scans", [keys[0], "scans/notes.txt", "scans/missing.png"])
+            results = check_documented_answer(emulator.invoke_json(first), first)
+            assert [r["resultCode"] for r in results] == ["Succeeded", "PermanentFailure", "PermanentFailure"]
+            assert results[0]["resultString"]["prediction"] in CLASSES
+            assert [r["resultString"].get("error") for r in results[1:]] == ["invalid_image", "s3_not_found"]
+            second = batch_event("2.0", "busi-scans", [keys[0], keys[1]])
+            results = check_documented_answer(emulator.invoke_json(second), second)
+            assert [r["resultCode"] for r in results] == ["Succeeded", "Succeeded"]
+            assert [r["resultString"]["status"] for r in results] == ["already scored", "scored"]
+            written = s3.list_objects_v2(Bucket="busi-scans", Prefix="busi-results/")["Contents"]
+            assert len(written) == 2
+            document = json.loads(s3.get_object(Bucket="busi-scans", Key=written[0]["Key"])["Body"].read())
+            assert document["prediction"] in CLASSES and document["key"] in keys[:2]
+
+            # one instance's throughput: the images not scored yet, BATCH_TASKS per event
+            rest, batch_tasks = keys[2:], 8
+            started = time.perf_counter()
+            for i in range(0, len(rest), batch_tasks):
+                event = batch_event("2.0" if i % 2 else "1.0", "busi-scans", rest[i:i + batch_tasks])
+                answer = check_documented_answer(emulator.invoke_json(event), event)
+                assert {r["resultCode"] for r in answer} == {"Succeeded"}, answer
+            elapsed = time.perf_counter() - started
+            rate = len(rest) / elapsed
+            print(f"\nS3 Batch under the emulator: {len(rest)} images in {elapsed:.2f} s, {batch_tasks} tasks "
+                  f"per event: {rate:.1f} images/s (one function instance, moto S3 on loopback)")
+            assert len(s3.list_objects_v2(Bucket="busi-scans", Prefix="busi-results/")["Contents"]) == len(keys)
+            assert [r for r in emulator.log_records() if r.get("level") == "ERROR"] == []
+            assert "Traceback" not in emulator.log()
+    finally:
+        server.stop()

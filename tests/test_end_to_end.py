@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from conftest import TEST_IMAGE_SIZE, synthetic_images
 
+from busi_classifier.serving.api import MAX_IMAGE_BYTES
+from busi_classifier.serving.card import ModelCard
 from busi_classifier.serving.constants import CLASSES
 from busi_classifier.serving.events import b64, direct_event, http_v2_event, rest_v1_event
+from busi_classifier.serving.model_summary import model_summary
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +90,8 @@ def test_health(lambda_module, trained_model, make):
     body = json.loads(answer["body"])
     meta = json.loads((trained_model / "model.json").read_text())
     assert answer["statusCode"] == 200
-    assert body == {"status": "ok", "model_version": meta["model_version"], "classes": list(CLASSES), "explain": True}
+    assert body == {"status": "ok", "model_version": meta["model_version"], "classes": list(CLASSES), "explain": True,
+                    "model": model_summary(ModelCard.read(trained_model)), "limits": {"image_bytes": MAX_IMAGE_BYTES}}
 
 
 # Every error case has one home: tests/test_hostile_input.py and tests/test_routing.py

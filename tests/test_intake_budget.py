@@ -372,7 +372,7 @@ def test_a_bad_last_image_is_refused_before_the_others_are_decoded():
 def test_a_request_that_cannot_finish_in_time_answers_504_before_decoding():
     predictor = Recording()
     frame = flat(2000, 1250)  # 2.5 MP each
-    answer = stub_handler(predictor)({"images": [b64(frame)] * 16}, Remaining(int((api.DEADLINE_MARGIN_S + 0.2) * 1000)))
+    answer = stub_handler(predictor)({"images": [b64(frame)] * 16}, Remaining(300))
     assert answer["error"]["code"] == "deadline_exceeded" and predictor.calls == 0
     assert answer["error"]["message"] == api.ERRORS["deadline_exceeded"][1]
 
@@ -394,6 +394,14 @@ def test_through_api_gateway_the_deadline_is_a_504():
     event = rest_v1_event("POST", "/predict", raw=flat(2000, 1250), content_type="image/png")
     answer = stub_handler(Recording())(event, Remaining(100))
     assert answer["statusCode"] == 504 and body_of(answer)["error"]["code"] == "deadline_exceeded"
+
+
+def test_a_function_with_a_short_timeout_keeps_a_proportional_margin():
+    """A 1 s function timeout: the margin is a quarter of it, not the whole second."""
+    deadline = api.Deadline(Remaining(1000))
+    assert 0.7 < deadline.left() <= 0.75
+    assert stub_handler(Recording())({"image": b64(encode(speckle(), "PNG"))}, Remaining(1000))["prediction"]
+    assert 27.0 - 0.1 < api.Deadline(Remaining(28_000)).left() <= 27.0
 
 
 def test_a_context_with_time_enough_answers_as_before():

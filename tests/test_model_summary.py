@@ -184,7 +184,9 @@ def test_predict_prints_the_summary_after_its_table_and_in_each_json_line(tmp_pa
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
     assert lines[0].split() == ["file", "prediction", *CLASSES] and len(lines) == 2  # stdout: the table alone
-    assert captured.err.strip().splitlines()[-1] == summary_line(model_summary(demo_card()))
+    err = captured.err.strip().splitlines()
+    assert err[-2] == summary_line(model_summary(demo_card()))  # after the table, before the run's summary
+    assert err[-1].startswith("1 classified, 0 refused")
     assert "DEMO MODEL, SYNTHETIC DATA" in captured.err
     assert main(["predict", "--json", "--model", str(tmp_path), str(image)]) == 0
     row = json.loads(capsys.readouterr().out.strip())

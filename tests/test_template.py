@@ -6,6 +6,8 @@ outputs test.py --stack reads."""
 from __future__ import annotations
 
 import copy
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -215,3 +217,250 @@ def test_samconfig_gives_sam_deploy_what_the_template_needs():
     assert "CAPABILITY_IAM" in deploy["capabilities"]  # SAM creates the function's role
     assert deploy["resolve_image_repos"] is True  # an ECR repository for the image
     assert config["default"]["global"]["parameters"]["stack_name"] == "busi-classifier"
+
+
+# --------------------------------------------------------------------------- S3 Batch Operations (docs/archive.md)
+
+PSEUDO = {"AWS::Partition": "aws", "AWS::AccountId": "123456789012", "AWS::StackName": "busi", "AWS::Region": "us-east-1"}
+FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:busi-ClassifierFunction"
+BATCH_CONDITIONS = ("UseS3Batch", "HasResultsBucket", "HasReservedConcurrency")
+
+
+def parameter_values(template: dict, **given: str) -> dict[str, str]:
+    values = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    values.update(given)
+    return values
+
+
+def evaluate_condition(expression, conditions: dict, values: dict) -> bool:
+    """CloudFormation's condition functions (Equals, Not, Or, And, Condition) over Refs."""
+    if isinstance(expression, dict):
+        [(name, arg)] = expression.items()
+        if name == "Fn::Equals":
+            a, b = (resolve(x, {}, values) for x in arg)
+            return str(a) == str(b)
+        if name == "Fn::Not":
+            return not evaluate_condition(arg[0], conditions, values)
+        if name == "Fn::Or":
+            return any(evaluate_condition(x, conditions, values) for x in arg)
+        if name == "Fn::And":
+            return all(evaluate_condition(x, conditions, values) for x in arg)
+        if name == "Condition":
+            return evaluate_condition(conditions[arg], conditions, values)
+    raise AssertionError(f"not a condition: {expression!r}")
+
+
+def evaluate_conditions(template: dict, values: dict) -> dict[str, bool]:
+    raw = template["Conditions"]
+    return {name: evaluate_condition(expr, raw, values) for name, expr in raw.items()}
+
+
+def resolve(node, conditions: dict, values: dict):
+    """What CloudFormation makes of a value at deploy time: Ref to a parameter or pseudo
+    parameter, Fn::If, Fn::Sub (both forms); Fn::GetAtt ClassifierFunction.Arn becomes
+    FUNCTION_ARN, other references stay as they are. AWS::NoValue removes the key."""
+    if isinstance(node, list):
+        return [r for r in (resolve(v, conditions, values) for v in node) if r != {"Ref": "AWS::NoValue"}]
+    if not isinstance(node, dict):
+        return node
+    if set(node) == {"Ref"} and (node["Ref"] in values or node["Ref"] in PSEUDO):
+        return values.get(node["Ref"], PSEUDO.get(node["Ref"]))
+    if set(node) == {"Fn::If"}:
+        name, yes, no = node["Fn::If"]
+        return resolve(yes if conditions[name] else no, conditions, values)
+    if set(node) == {"Fn::GetAtt"} and node["Fn::GetAtt"] == ["ClassifierFunction", "Arn"]:
+        return FUNCTION_ARN
+    if set(node) == {"Fn::Sub"}:
+        text, local = (node["Fn::Sub"], {}) if isinstance(node["Fn::Sub"], str) else node["Fn::Sub"]
+        names = {**PSEUDO, **values, **{k: resolve(v, conditions, values) for k, v in local.items()}}
+        return re.sub(r"\$\{([^}]+)\}", lambda m: str(names[m.group(1)]) if m.group(1) in names else m.group(0), text)
+    out = {k: resolve(v, conditions, values) for k, v in node.items()}
+    return {k: v for k, v in out.items() if v != {"Ref": "AWS::NoValue"}}
+
+
+def deployed(template: dict, **given: str) -> dict:
+    """The stack CloudFormation would create with these parameter values: resources and
+    outputs whose condition is false dropped, every value resolved."""
+    values = parameter_values(template, **given)
+    conditions = evaluate_conditions(template, values)
+    keep = lambda section: {k: v for k, v in template[section].items()  # noqa: E731
+                            if "Condition" not in v or conditions[v["Condition"]]}
+    return {"Resources": resolve(keep("Resources"), conditions, values),
+            "Outputs": resolve(keep("Outputs"), conditions, values), "conditions": conditions}
+
+
+def statements(resource: dict) -> list[dict]:
+    properties = resource["Properties"]
+    documents = [properties["PolicyDocument"]] if "PolicyDocument" in properties else \
+        [p["PolicyDocument"] for p in properties.get("Policies", ())]
+    return [s for d in documents for s in d["Statement"]]
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_s3_batch_is_off_by_default_and_leaves_the_function_as_it_was(template):
+    stack = deployed(template)
+    assert stack["conditions"] == {"UseApiKey": False, "UseS3Batch": False, "HasResultsBucket": False,
+                                   "HasReservedConcurrency": False}
+    assert "ClassifierS3Policy" not in stack["Resources"] and "BatchOperationsRole" not in stack["Resources"]
+    assert "BatchOperationsRoleArn" not in stack["Outputs"] and "FunctionArn" in stack["Outputs"]
+    function = stack["Resources"]["ClassifierFunction"]["Properties"]
+    assert "ReservedConcurrentExecutions" not in function  # unreserved
+    assert "Policies" not in function  # SAM's role keeps only the basic execution policy
+
+
+@pytest.mark.parametrize("results_bucket", ["", "busi-out"], ids=["beside-the-images", "results-bucket"])
+def test_function_s3_policy_is_scoped_to_the_source_prefix_and_the_results_prefix(template, results_bucket):
+    stack = deployed(template, SourceBucketName="scans", SourcePrefix="images/", ResultsBucketName=results_bucket)
+    out = results_bucket or "scans"
+    policy = stack["Resources"]["ClassifierS3Policy"]
+    assert policy["Properties"]["Roles"] == [{"Ref": "ClassifierFunctionRole"}]  # the role SAM makes for the function
+    granted = {(s["Sid"], tuple(as_list(s["Action"])), tuple(as_list(s["Resource"]))) for s in statements(policy)}
+    assert granted == {
+        ("ReadSourceImages", ("s3:GetObject", "s3:GetObjectVersion"), ("arn:aws:s3:::scans/images/*",)),
+        ("WriteAndReadResults", ("s3:PutObject", "s3:GetObject"), (f"arn:aws:s3:::{out}/busi-results/*",)),
+    }
+    variables = stack["Resources"]["ClassifierFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["RESULTS_BUCKET"] == results_bucket and variables["RESULTS_PREFIX"] == "busi-results/"
+    assert stack["Outputs"]["ResultsBucket"]["Value"] == out
+
+
+def test_no_new_statement_has_a_wildcard_resource_or_action(template):
+    for given in ({"SourceBucketName": "scans"}, {"SourceBucketName": "scans", "SourcePrefix": "a/",
+                                                  "ResultsBucketName": "out"}):
+        stack = deployed(template, **given)
+        found = statements(stack["Resources"]["ClassifierS3Policy"]) + \
+            statements(stack["Resources"]["BatchOperationsRole"])
+        assert len(found) == 6
+        for statement in found:
+            assert statement["Effect"] == "Allow"
+            for action in as_list(statement["Action"]):
+                assert "*" not in action, statement
+            for resource in as_list(statement["Resource"]):
+                assert isinstance(resource, str) and resource != "*", statement
+                assert resource == FUNCTION_ARN or resource.startswith(("arn:aws:s3:::scans", "arn:aws:s3:::out")), \
+                    statement
+                assert not resource.startswith("arn:aws:s3:::*") and "${" not in resource, statement
+
+
+def test_batch_role_trusts_only_s3_batch_operations_of_this_account(template):
+    role = deployed(template, SourceBucketName="scans")["Resources"]["BatchOperationsRole"]["Properties"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Effect"] == "Allow" and trust["Action"] == "sts:AssumeRole"
+    assert trust["Principal"] == {"Service": "batchoperations.s3.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
+
+
+@pytest.mark.parametrize("results_bucket", ["", "busi-out"], ids=["beside-the-images", "results-bucket"])
+def test_batch_role_invokes_this_function_reads_manifests_writes_reports(template, results_bucket):
+    from busi_classifier.local import archive
+
+    stack = deployed(template, SourceBucketName="scans", SourcePrefix="images/", ResultsBucketName=results_bucket)
+    out = results_bucket or "scans"
+    granted = {s["Sid"]: (as_list(s["Action"]), as_list(s["Resource"]))
+               for s in statements(stack["Resources"]["BatchOperationsRole"])}
+    assert granted == {
+        "InvokeTheClassifier": (["lambda:InvokeFunction"], [FUNCTION_ARN]),
+        "ReadManifests": (["s3:GetObject", "s3:GetObjectVersion"], [f"arn:aws:s3:::{out}/busi-batch/manifests/*"]),
+        "WriteReportsAndGeneratedManifests": (["s3:PutObject"], [f"arn:aws:s3:::{out}/busi-batch/reports/*",
+                                                                 f"arn:aws:s3:::{out}/busi-batch/manifests/*"]),
+        "ListSourceForGeneratedManifests": (["s3:ListBucket"], ["arn:aws:s3:::scans"]),
+    }
+    assert stack["Outputs"]["BatchOperationsRoleArn"]["Value"] == {"Fn::GetAtt": ["BatchOperationsRole", "Arn"]}
+    # what `archive submit` asks of that role lies where the role may read and write
+    submission = archive.prepare_job(None, "123456789012", "scans", "images/", FUNCTION_ARN, "arn:aws:iam::1:role/r",
+                                     report_bucket=out, generated_manifest=True)
+    report = submission.request["Report"]
+    assert report["Bucket"] == f"arn:aws:s3:::{out}" and f"{report['Prefix']}/job-x/".startswith("busi-batch/reports/")
+    generated = submission.request["ManifestGenerator"]["S3JobManifestGenerator"]["ManifestOutputLocation"]
+    assert f"{generated['ManifestPrefix']}/x.csv".startswith("busi-batch/manifests/")
+    assert archive.manifest_key("busi-batch/", b"x").startswith("busi-batch/manifests/")
+
+
+@pytest.mark.parametrize("value, reserved", [("", None), ("0", None), ("100", "100")])
+def test_reserved_concurrency_empty_or_zero_is_unreserved(template, value, reserved):
+    parameter = template["Parameters"]["ReservedConcurrency"]
+    assert parameter["Default"] == "" and parameter["AllowedPattern"] == "^[0-9]*$"
+    function = deployed(template, ReservedConcurrency=value)["Resources"]["ClassifierFunction"]["Properties"]
+    assert function.get("ReservedConcurrentExecutions") == reserved
+
+
+def test_prefix_defaults_are_the_ones_the_code_uses(template):
+    from busi_classifier.local import archive
+    from busi_classifier.serving import settings
+
+    parameters = template["Parameters"]
+    assert parameters["ResultsPrefix"]["Default"] == archive.DEFAULT_RESULTS_PREFIX == settings.DEFAULT_RESULTS_PREFIX
+    assert parameters["BatchPrefix"]["Default"] == archive.DEFAULT_BATCH_PREFIX
+    for name in ("ResultsPrefix", "BatchPrefix"):
+        pattern = re.compile(parameters[name]["AllowedPattern"])
+        assert pattern.match("busi-results/") and not pattern.match("/a/") and not pattern.match("a") \
+            and not pattern.match("a*/")
+    for name in ("SourceBucketName", "ResultsBucketName"):
+        pattern = re.compile(parameters[name]["AllowedPattern"])
+        assert pattern.match("") and pattern.match("my-scans.2024") and not pattern.match("Scans")
+
+
+@pytest.mark.parametrize("given", [{}, {"SourceBucketName": "scans"},
+                                   {"SourceBucketName": "scans", "ResultsBucketName": "out", "ReservedConcurrency": "100"}],
+                         ids=["defaults", "source-bucket", "all-set"])
+def test_sam_transform_passes_with_and_without_the_optional_parameters(template, monkeypatch, given):
+    """The SAM transform with the conditions resolved as CloudFormation would for these
+    values: the role the policy attaches to exists, the reserved concurrency arrives."""
+    from samtranslator.translator.transform import transform
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    values = parameter_values(template, **given)
+    conditions = evaluate_conditions(template, values)
+    sam = resolve_conditions(copy.deepcopy(template), conditions)
+    sam["Resources"] = {k: v for k, v in sam["Resources"].items() if "Condition" not in v or conditions[v["Condition"]]}
+    sam["Transform"] = "AWS::Serverless-2016-10-31"
+    sam["Resources"]["ClassifierFunction"]["Properties"]["ImageUri"] = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/busi:latest"
+
+    class NoManagedPolicies:
+        def load(self):
+            return {}
+
+    cfn = transform(sam, {}, NoManagedPolicies())
+    roles = of_type(cfn, "AWS::IAM::Role")
+    assert "ClassifierFunctionRole" in roles  # the logical id ClassifierS3Policy refers to
+    assert ("BatchOperationsRole" in roles) is bool(given)
+    [function] = of_type(cfn, "AWS::Lambda::Function").values()
+    reserved = function["Properties"].get("ReservedConcurrentExecutions")
+    assert reserved == ({"Ref": "ReservedConcurrency"} if given.get("ReservedConcurrency") else {"Ref": "AWS::NoValue"})
+    policies = of_type(cfn, "AWS::IAM::Policy")
+    assert set(policies) == ({"ClassifierS3Policy"} if given else set())
+    # SAM's own role for the function grants nothing in S3
+    for statement in roles["ClassifierFunctionRole"]["Properties"].get("Policies", ()):
+        assert "s3" not in json.dumps(statement).lower()
+
+
+@pytest.mark.parametrize("defaults", [{"SourceBucketName": "scans"},
+                                      {"SourceBucketName": "scans", "ResultsBucketName": "out",
+                                       "SourcePrefix": "images/", "ReservedConcurrency": "100"}],
+                         ids=["source-bucket", "all-set"])
+def test_cfn_lint_passes_with_the_s3_batch_parameters_set(defaults, tmp_path):
+    """The template with these values as the parameters' defaults (what cfn-lint evaluates
+    the conditions with) is still valid."""
+    from cfnlint.api import lint_file
+
+    text = TEMPLATE.read_text()
+    for name, value in defaults.items():
+        block = text.split(f"\n  {name}:\n", 1)
+        head, rest = block
+        old = rest.split("\n", 2)[1]
+        assert old.strip().startswith("Default:"), (name, old)
+        text = head + f"\n  {name}:\n" + rest.replace(old, f'    Default: "{value}"', 1)
+    fixed = tmp_path / "template.yaml"
+    fixed.write_text(text)
+    assert [str(m) for m in lint_file(fixed)] == []
+
+
+def test_archive_docs_name_every_new_parameter_and_output(template):
+    text = (ROOT / "docs" / "archive.md").read_text()
+    for name in ("SourceBucketName", "SourcePrefix", "ResultsBucketName", "ResultsPrefix", "BatchPrefix",
+                 "ReservedConcurrency", "BatchOperationsRoleArn", "FunctionArn", "ResultsBucket"):
+        assert name in text, name
+    assert {"BatchOperationsRoleArn", "ResultsBucket"} <= set(template["Outputs"])

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from busi_classifier.data.audit import Grouping
 from busi_classifier.data.dataset import Sample
 from busi_classifier.serving.constants import CLASSES
 from busi_classifier.serving.decode import decode_image
+
+if TYPE_CHECKING:  # annotations only: audit.run_audit imports this module to draw its figures
+    from busi_classifier.data.audit import Grouping
 
 CLASS_COLOURS = {"normal": "#4c9a2a", "benign": "#1f77b4", "malignant": "#d62728"}
 THUMB = 160

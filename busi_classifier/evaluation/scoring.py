@@ -51,7 +51,7 @@ def predict_outputs(model_path: Path, images: np.ndarray, batch_size: int = 16) 
     """(uncalibrated probabilities, class maps or None) of a .keras or .tflite model for
     uint8 images: a .tflite file with maps gives both from one invoke per image."""
     if model_path.suffix == ".keras":
-        from busi_classifier.training.model import load_keras_model
+        from busi_classifier.model_file import load_keras_model
 
         model = load_keras_model(model_path)
         return model.predict(images.astype("float32"), batch_size=batch_size, verbose=0), None
@@ -64,7 +64,7 @@ def predict_outputs(model_path: Path, images: np.ndarray, batch_size: int = 16) 
 def _predictor(model_path: Path):
     """A LiteRT predictor, without LiteRT's "INFO: Created TensorFlow Lite XNNPACK
     delegate" line on the console."""
-    from busi_classifier.cli import native_stderr_silenced
+    from busi_classifier.console import native_stderr_silenced
     from busi_classifier.serving.predictor import Predictor
 
     with native_stderr_silenced():
@@ -131,7 +131,7 @@ def resolve_model_argument(model: str | Path, variant: str | None = None) -> Pat
 
 
 def main(argv=None) -> int:
-    from busi_classifier.cli import HelpFormatter, add_output_options
+    from busi_classifier.console import HelpFormatter, add_output_options
 
     p = argparse.ArgumentParser(prog="python -m busi_classifier evaluate", description=__doc__,
                                 formatter_class=HelpFormatter,
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: as in training)")
     add_output_options(p)
     args = p.parse_args(argv)
-    from busi_classifier.cli import quiet_tensorflow, show_progress
+    from busi_classifier.console import quiet_tensorflow, show_progress
 
     quiet_tensorflow(args.verbose)
     try:

@@ -1,7 +1,11 @@
 """Write the trained model: model.keras, the TFLite variants (float32, float16, int8
 dynamic range, int8 full integer; each with the class activation maps as a second
-output), and model.json with the evidence for the default variant and that variant's
-own test metrics."""
+output), and model.json.
+
+Conversion and the card only: what the card says of the variants' speed and agreement
+and of the served file's test metrics is measured by busi_classifier.evaluation.served
+and comes in as plain data; the graphs to save and convert come from the caller
+(training builds them), so nothing here imports training or evaluation."""
 
 from __future__ import annotations
 
@@ -11,8 +15,6 @@ import io
 import json
 import os
 import platform
-import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -22,19 +24,13 @@ import numpy as np
 import tensorflow as tf
 
 from busi_classifier import __version__
-from busi_classifier.cli import native_stderr_silenced
 from busi_classifier.config import TrainConfig
-from busi_classifier.export.variants import (
-    MAX_MACRO_F1_LOSS,
-    MIN_TOP1_AGREEMENT,
-    VARIANT_FILES,
-    VARIANTS,
-    agreement_evidence,
-    choose_default,
-)
+from busi_classifier.console import native_stderr_silenced
+from busi_classifier.export.variants import MAX_MACRO_F1_LOSS, MIN_TOP1_AGREEMENT, VARIANT_FILES, VARIANTS
 from busi_classifier.serving.card import FORMAT_VERSION as CARD_FORMAT_VERSION
 from busi_classifier.serving.card import ModelCard, preprocessing_description
 from busi_classifier.serving.constants import CLASSES, MODEL_INPUT_DTYPE
+from busi_classifier.serving.explain import METHOD as CAM_METHOD
 
 TRACKED_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pillow", "ai-edge-litert")
 
@@ -87,24 +83,39 @@ def convert_to_tflite(model: keras.Model, variant: str = "float32", representati
         return converter.convert()
 
 
-def _predictor(path: Path, image_size: int, num_threads: int | None = 1):
-    """A LiteRT predictor of a freshly written .tflite file (model.json does not exist
-    yet): one thread for the latency, LiteRT's default for scoring many images."""
-    from busi_classifier.serving.predictor import Predictor
+def write_model_files(keras_model: keras.Model, served_graph: keras.Model, out_dir: Path,
+                      variants: tuple[str, ...], representative: np.ndarray | None = None, progress: bool = True,
+                      verbose: bool = False) -> dict[str, dict]:
+    """Write model.keras and each TFLite variant asked for into ``out_dir``.
 
-    return Predictor.for_file(path, CLASSES, image_size, num_threads)
+    Args:
+        keras_model: saved as it is to model.keras (the caller passes an uncompiled copy:
+            no optimizer state in the file).
+        served_graph: converted to each variant (the probabilities and the class maps).
+        out_dir: the model folder (created if missing); a variant file not asked for is
+            deleted, so it cannot outlive an older run.
+        variants: the variants to write (float32, the reference, should be among them).
+        representative: uint8 training images for int8_full calibration (without them
+            that variant is skipped).
+        progress: a progress bar over the variants.
+        verbose: show the TFLite converter's own output.
 
+    Returns:
+        variant name -> {"file", "bytes", "sha256"}, in VARIANTS order.
+    """
+    from tqdm import tqdm
 
-def latency_ms(predictor, image: np.ndarray, repeats: int = 10) -> float:
-    """Median time of one invoke on one thread (after two warm-up runs)."""
-    for _ in range(2):
-        predictor.predict_array(image, calibrated=False)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        predictor.predict_array(image, calibrated=False)
-        times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras_model.save(out_dir / "model.keras")
+    for stale in set(VARIANT_FILES.values()) - {VARIANT_FILES[v] for v in variants}:
+        (out_dir / stale).unlink(missing_ok=True)
+    names = [v for v in VARIANTS if v in variants and (v != "int8_full" or representative is not None)]
+    files: dict[str, dict] = {}
+    for variant in tqdm(names, desc="TFLite variants", unit="variant", disable=not progress):
+        data = convert_to_tflite(served_graph, variant, representative, verbose)
+        (out_dir / VARIANT_FILES[variant]).write_bytes(data)
+        files[variant] = {"file": VARIANT_FILES[variant], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return files
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -113,121 +124,32 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-@dataclass
-class GateEvidence:
-    """Images the variants are compared with the Keras model on, and the Keras model's
-    probabilities for them. No test image: the test split only reports."""
+def write_card(out_dir: Path, config: TrainConfig, dataset_info: dict, files: dict[str, dict], default: str,
+               reason: str, evidence_split: str, explain: dict, calibration: dict | None = None,
+               metrics: dict | None = None) -> dict:
+    """Write model.json, the typed, versioned card (serving/card.py; every field is
+    required), beside the files ``write_model_files`` wrote; return its content.
 
-    images: np.ndarray  # uint8 (N, size, size, 3)
-    labels: np.ndarray
-    reference: np.ndarray  # the Keras model's probabilities
-    reference_maps: np.ndarray  # the Keras model's class maps (N, h, w, classes)
-    description: str  # which images, for model.json's variant_rule
+    Args:
+        out_dir: the model folder.
+        config: the run's settings (input size; recorded as ``training``).
+        dataset_info: the dataset's root, fingerprint and split counts.
+        files: ``write_model_files``' entries, with ``latency_ms`` and ``evidence`` where
+            measured (``evaluation.served.gate_variants``; None where not).
+        default, reason, evidence_split: the served variant, why, and on which images
+            its evidence was measured.
+        explain: {"output", "shape"} of the class-map output of the served graph.
+        calibration: what serving applies ({"method", "temperature"}); None: none.
+        metrics: the served file's and the Keras model's test headline
+            (``evaluation.served.card_metrics``); None: not scored.
 
-
-@dataclass
-class TestSet:
-    """The test split the served variant is scored on (with the Keras model's metrics
-    beside it)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    groups: list  # near-duplicate group of each image (cluster bootstrap), or None
-    keras_metrics: dict  # evaluate_predictions of the Keras model
-    masks: list  # lesion mask of each image over the model input ((size, size) bool), None without a lesion
-    temperature: float
-    bootstrap_resamples: int
-    seed: int
-
-
-@dataclass
-class ServedScore:
-    """The served variant's own test predictions and metrics."""
-
-    variant: str
-    file: str
-    raw: np.ndarray  # uncalibrated probabilities on the test split
-    maps: np.ndarray  # class maps on the test split (N, h, w, classes)
-    masks: list  # the test images' lesion masks (TestSet.masks)
-    metrics: dict  # evaluate_predictions (calibrated with model.json's temperature)
-
-
-def export_model(
-    model: keras.Model,
-    out_dir: Path,
-    config: TrainConfig,
-    dataset_info: dict,
-    calibration: dict | None = None,
-    representative: np.ndarray | None = None,
-    gate: GateEvidence | None = None,
-    test: TestSet | None = None,
-    progress: bool = True,
-    verbose: bool = False,
-) -> tuple[dict, ServedScore | None]:
-    """Write model.keras, every TFLite variant and model.json into ``out_dir``; return
-    (the metadata, the served variant's test score or None).
-
-    Only ``config.variants`` are written (float32, the reference, always is).
-    ``representative``: uint8 training images for int8_full calibration (without them
-    that variant is skipped). ``gate``: each variant is compared with the Keras model on
-    these (non-test) images and the default variant is chosen by
-    ``variants.choose_default``. ``test``: the served variant's own test metrics (with
-    intervals and calibration) are computed and become model.json's headline, the Keras
-    model's beside them."""
-    from tqdm import tqdm
-
-    from busi_classifier.serving.explain import METHOD as CAM_METHOD
-    from busi_classifier.training.model import CAM_OUTPUT, explain_model, inference_copy
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    inference_copy(model).save(out_dir / "model.keras")  # uncompiled: no optimizer state in the file
-    served_graph = explain_model(model)  # + the class maps, as a second output of every variant
-    map_shape = [1, *[int(d) for d in served_graph.get_layer(CAM_OUTPUT).output.shape[1:]]]
-    for stale in set(VARIANT_FILES.values()) - {VARIANT_FILES[v] for v in config.variants}:
-        (out_dir / stale).unlink(missing_ok=True)  # a variant not asked for must not outlive an older run
-    names = [v for v in VARIANTS if v in config.variants and (v != "int8_full" or representative is not None)]
-    files: dict[str, dict] = {}
-    for variant in tqdm(names, desc="TFLite variants", unit="variant", disable=not progress):
-        data = convert_to_tflite(served_graph, variant, representative, verbose)
-        (out_dir / VARIANT_FILES[variant]).write_bytes(data)
-        files[variant] = {"file": VARIANT_FILES[variant], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    digest = files["float32"]["sha256"]
-    if gate is not None:
-        probe = gate.images[0] if len(gate.images) else np.zeros((config.image_size,) * 2 + (3,), np.uint8)
-        for entry in files.values():
-            with contextlib.nullcontext() if verbose else native_stderr_silenced():  # LiteRT's "INFO: Created ..."
-                timed = _predictor(out_dir / entry["file"], config.image_size)
-                batch = _predictor(out_dir / entry["file"], config.image_size, num_threads=None)
-            entry["latency_ms"] = latency_ms(timed, probe)
-            probabilities, maps = batch.raw_outputs(gate.images)
-            entry["evidence"] = agreement_evidence(gate.reference, probabilities, gate.labels, gate.reference_maps, maps)
-        default, reason = choose_default(files, f"{len(gate.images)} train+val images and augmented views")
-        evidence_split = gate.description
-    else:
-        default, reason = "float32", "no gate evidence given: the float32 reference is served"
-        evidence_split = "none"
-    score = None
-    metrics: dict = {}
-    if test is not None:
-        from busi_classifier.evaluation.localisation import served_localisation
-        from busi_classifier.evaluation.metrics import evaluate_predictions
-
-        with contextlib.nullcontext() if verbose else native_stderr_silenced():
-            served = _predictor(out_dir / files[default]["file"], config.image_size, num_threads=None)
-        raw, maps = served.raw_outputs(test.images)
-        score = ServedScore(default, files[default]["file"], raw, maps, test.masks,
-                            evaluate_predictions(test.labels, raw, test.temperature, test.bootstrap_resamples,
-                                                 test.seed, groups=test.groups))
-        score.metrics["localisation"] = served_localisation(maps, raw, test.masks, test.groups,
-                                                            test.bootstrap_resamples, test.seed)
-        metrics = {
-            "served": {"variant": default, "file": score.file, "test": headline(score.metrics)},
-            "keras": {"file": "model.keras", "test": headline(test.keras_metrics)},
-        }
-    # model.json: the typed, versioned card (serving/card.py); every field is required
+    Returns:
+        model.json's content.
+    """
     for entry in files.values():
         entry.setdefault("latency_ms", None)  # measured only with gate evidence
         entry.setdefault("evidence", None)
+    digest = files["float32"]["sha256"]
     card = ModelCard.from_dict({
         "format_version": CARD_FORMAT_VERSION,
         "name": "busi-resnet50",
@@ -243,7 +165,7 @@ def export_model(
             "color": "RGB",
         },
         "output": {"name": "probabilities", "shape": [1, len(CLASSES)], "activation": "softmax"},
-        "explain": {"output": CAM_OUTPUT, "shape": map_shape, "method": CAM_METHOD},
+        "explain": {"output": explain["output"], "shape": explain["shape"], "method": CAM_METHOD},
         "preprocessing": preprocessing_description(),
         "variants": files,
         "default_variant": default,
@@ -258,14 +180,8 @@ def export_model(
         "training": config.to_dict(),
         "dataset": dataset_info,
         "calibration": calibration or {"method": "none", "temperature": 1.0},
-        "metrics": metrics,
+        "metrics": metrics or {},
         "packages": package_versions(),
     })
     card.write(out_dir)
-    return card.to_dict(), score
-
-
-def headline(metrics: dict) -> dict:
-    """What model.json carries of a split's metrics: the numbers, their intervals, the
-    confusion matrix; not the reliability table."""
-    return {k: v for k, v in metrics.items() if k != "reliability"}
+    return card.to_dict()

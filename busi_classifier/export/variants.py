@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-# name -> file written beside model.json (model.tflite keeps its name: float32 is the reference)
-VARIANT_FILES = {
-    "float32": "model.tflite",
-    "float16": "model_float16.tflite",
-    "int8_dynamic": "model_int8_dynamic.tflite",
-    "int8_full": "model_int8_full.tflite",
-}
-VARIANTS = tuple(VARIANT_FILES)
+from busi_classifier.serving.constants import VARIANT_FILES, VARIANTS  # noqa: F401  (re-exported)
+
 MAX_MACRO_F1_LOSS = 0.01  # at most 1 point of macro-F1 lost against the Keras model
 MIN_TOP1_AGREEMENT = 0.99  # at least 99 % of the gate images get the Keras model's class
 MAX_MAP_DIFF = 0.10  # class maps: mean absolute difference of the 0..1 maps at most 0.10

@@ -12,7 +12,7 @@ import sys
 def invoke_main(argv) -> int:
     """Run the Lambda handler in this process on a few images of each class,
     through every event shape, and print the answers (what `make demo` shows)."""
-    from busi_classifier.cli import HelpFormatter, native_stderr_silenced, positive_int
+    from busi_classifier.console import HelpFormatter, native_stderr_silenced, positive_int
 
     p = argparse.ArgumentParser(prog="python -m busi_classifier invoke", formatter_class=HelpFormatter,
                                 description="Run the Lambda handler in this process on a few images of each class, "

@@ -532,7 +532,7 @@ def serve_main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     settings = local_settings(args.model, args.json_logs)
-    from busi_classifier.cli import native_stderr_silenced
+    from busi_classifier.console import native_stderr_silenced
 
     # as predict and invoke: no LiteRT "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." line, and a
     # model that does not load is the one error line below, not also the handler's own log line about it

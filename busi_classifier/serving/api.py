@@ -55,9 +55,10 @@ MAX_URL_CHARS = 2048
 # does not fit in what is left, the request answers 504 deadline_exceeded instead of
 # being killed.
 DEADLINE_MARGIN_S = 1.0
+DEADLINE_MARGIN_FRACTION = 0.25  # at most this share of the time left (a function with a 1 s timeout still works)
 DECODE_SECONDS_PER_MEGAPIXEL = 0.1
 DECODE_SECONDS_PER_MEGABYTE = 0.1
-INVOKE_ESTIMATE_S = 0.5
+INVOKE_ESTIMATE_S = 0.05  # until a model step has been seen: the first image of a cold function is not refused for a guess
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 CORS_HEADERS = "Content-Type,X-Api-Key"
@@ -390,8 +391,9 @@ def _json_request(payload: object, settings: ServingSettings, explain: bool = Fa
 
 class Deadline:
     """When the request must have its answer: the Lambda context's remaining time
-    (``get_remaining_time_in_millis``) less DEADLINE_MARGIN_S; no deadline where the
-    context has no such method (a test, a direct call)."""
+    (``get_remaining_time_in_millis``) less DEADLINE_MARGIN_S, or less a quarter of it
+    (DEADLINE_MARGIN_FRACTION) when that is smaller; no deadline where the context has no
+    such method (a test, a direct call)."""
 
     def __init__(self, context: object, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
@@ -399,7 +401,8 @@ class Deadline:
         self.at = None
         if callable(remaining):
             try:
-                self.at = clock() + float(remaining()) / 1000.0 - DEADLINE_MARGIN_S
+                left = float(remaining()) / 1000.0
+                self.at = clock() + left - min(DEADLINE_MARGIN_S, DEADLINE_MARGIN_FRACTION * max(0.0, left))
             except (TypeError, ValueError):
                 self.at = None
 
@@ -510,6 +513,14 @@ class Function:
         self.invoke_estimate_s = max(0.05, model_seconds, 0.9 * self.invoke_estimate_s)
 
     def __call__(self, event: object, context: object = None) -> dict:
+        if isinstance(event, dict) and "invocationSchemaVersion" in event and "tasks" in event:
+            from . import s3_batch  # lazy: only S3 Batch Operations invocations pay for boto3
+
+            # s3_batch never imports this module: it gets the API's intake and error table from here
+            deadline = Deadline(context)
+            task = Request(event, "", "", s3_batch.ROUTE, deadline=deadline)
+            return s3_batch.handle(self, event, context, deadline=deadline, error_for=app.error_for,
+                                   intake=lambda data: predict_images(self, task, [data], False))
         started = time.perf_counter()
         request = http_request(event) if isinstance(event, dict) else None
         method, path = request or ("", "")

@@ -1,4 +1,4 @@
-"""Constants of the serving contract (classes, input size, image caps). Stdlib only."""
+"""Constants of the serving contract (classes, input size, image caps, the model variants). Stdlib only."""
 
 # The class order used everywhere: model outputs, model.json, metrics, folder reading.
 # Never rely on alphabetical folder order (benign, malignant, normal).
@@ -29,3 +29,14 @@ SIXTEEN_BIT_DIVISOR = 257  # 16-bit grayscale -> 8 bits (65535 / 257 = 255)
 MODEL_INPUT_DTYPE = "float32"  # raw RGB 0..255; the model's first layers do the ImageNet normalisation
 # What the exported model does itself to its 0..255 RGB input (a layer inside it)
 MODEL_INTERNAL_NORMALIZATION = "keras.applications.resnet50.preprocess_input (RGB to BGR, ImageNet mean subtraction)"
+
+# The exported TFLite variants: name (model.json's "variants" keys, MODEL_VARIANT) -> the
+# file written beside model.json (model.tflite keeps its name: float32 is the reference).
+# busi_classifier.export.variants holds the rule that picks the served one.
+VARIANT_FILES = {
+    "float32": "model.tflite",
+    "float16": "model_float16.tflite",
+    "int8_dynamic": "model_int8_dynamic.tflite",
+    "int8_full": "model_int8_full.tflite",
+}
+VARIANTS = tuple(VARIANT_FILES)

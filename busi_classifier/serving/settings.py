@@ -18,6 +18,12 @@ in the serving code reads ``os.environ`` after that: the settings are passed dow
 | IMAGE_URL_TIMEOUT_S | 5 | a number of seconds, 0.1..25 |
 | IMAGE_URL_MAX_BYTES | the image cap (4,400,000) | an integer 1..4,400,000 |
 | CORS_ALLOW_ORIGIN | ``*`` | an origin or ``*``; empty: no CORS header |
+| RESULTS_BUCKET | empty: each S3 Batch task's own bucket | an S3 bucket name (3..63 of ``a-z 0-9 . -``) |
+| RESULTS_PREFIX | ``busi-results/`` | an S3 key prefix ending in ``/``, 1..512 printable characters, no leading ``/`` |
+
+RESULTS_* apply to S3 Batch Operations invocations only (s3_batch.py): results go to
+``s3://RESULTS_BUCKET/RESULTS_PREFIX{model_version}/{etag}.json``. The endpoint, region and
+credentials of the S3 client are boto3's own (AWS_REGION, AWS_ENDPOINT_URL_S3, ...).
 
 Standard library only.
 """
@@ -42,6 +48,9 @@ MAX_THREADS = 256
 _HOST_PATTERN = re.compile(r"^(\*|(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9 ._/#:-]{1,256}$")
 _VARIANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+DEFAULT_RESULTS_PREFIX = "busi-results/"
+MAX_RESULTS_PREFIX = 512
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,8 @@ class ServingSettings:
     url_timeout_s: float = DEFAULT_URL_TIMEOUT_S
     url_max_bytes: int = MAX_IMAGE_BYTES
     cors_allow_origin: str = "*"
+    results_bucket: str | None = None  # None: each S3 Batch task's own bucket
+    results_prefix: str = DEFAULT_RESULTS_PREFIX
     log_format: str = "json"  # "json" (Lambda, CloudWatch) or "text" (the local server's console)
     errors: tuple[str, ...] = field(default=())  # one sentence per invalid variable
 
@@ -161,5 +172,21 @@ class ServingSettings:
                 values["cors_allow_origin"] = origin
             else:
                 bad("CORS_ALLOW_ORIGIN", origin, "an origin such as https://example.org, or *")
+
+        bucket = get("RESULTS_BUCKET")
+        if bucket:
+            if _BUCKET.match(bucket) and ".." not in bucket:
+                values["results_bucket"] = bucket
+            else:
+                bad("RESULTS_BUCKET", bucket, "an S3 bucket name (3 to 63 lowercase letters, digits, . or -)")
+
+        prefix = get("RESULTS_PREFIX")
+        if prefix:
+            if (prefix.isprintable() and len(prefix) <= MAX_RESULTS_PREFIX and prefix.endswith("/")
+                    and not prefix.startswith("/")):
+                values["results_prefix"] = prefix
+            else:
+                bad("RESULTS_PREFIX", prefix, f"a key prefix ending in / such as {DEFAULT_RESULTS_PREFIX} "
+                                              f"(at most {MAX_RESULTS_PREFIX} printable characters, no leading /)")
 
         return cls(**values, errors=tuple(errors))

@@ -9,22 +9,15 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from busi_classifier.config import ConfigError, TrainConfig
-from busi_classifier.data.dataset import cap_per_class, find_dataset_root, fingerprint, load_images, read_dataset
-from busi_classifier.data.splitting import (
-    SPLITS,
-    SplitResult,
-    grouped_kfold,
-    grouped_split,
-    stratified_split,
-    write_split_csv,
-)
+from busi_classifier.data.dataset import fingerprint, load_images
+from busi_classifier.data.prepare import prepare_split, split_counts
+from busi_classifier.data.splitting import SPLITS, SplitResult
 from busi_classifier.data.synthetic import SYNTHETIC_MARKER
 from busi_classifier.serving.constants import CLASSES
 from busi_classifier.serving.predictor import apply_temperature
@@ -33,40 +26,6 @@ from busi_classifier.training.preflight import preflight
 MIN_CALIBRATION_IMAGES = 20  # fewer validation images fit a temperature to noise
 REPRESENTATIVE_IMAGES = 100  # training images that calibrate the int8_full activation ranges
 GATE_MAX_IMAGES = 512  # non-test images the variants are compared with the Keras model on
-
-
-def prepare_split(config: TrainConfig, progress: bool = True) -> tuple[Path, list, SplitResult]:
-    """Read the dataset, split it as ``config`` says and write ``split.csv`` into
-    config.out_dir. Returns (dataset root, samples, split)."""
-    root = find_dataset_root(config.data_dir)
-    samples = cap_per_class(read_dataset(root), config.max_per_class, config.seed)
-    if config.split == "random":
-        if config.folds:
-            raise ConfigError("--folds needs the grouped split")
-        result = SplitResult(stratified_split(samples, config.val_fraction, config.test_fraction, config.seed))
-    elif config.split == "grouped":
-        from busi_classifier.data.audit import group_samples
-
-        grouping = group_samples(samples, root, config.near_duplicate_bits, progress)
-        if config.folds:
-            result = grouped_kfold(samples, grouping.groups, config.folds, config.fold, config.seed,
-                                   config.conflict_label)
-        else:
-            result = grouped_split(samples, grouping.groups, config.val_fraction, config.test_fraction,
-                                   config.seed, config.conflict_label)
-    else:
-        raise ConfigError(f"split must be 'grouped' or 'random', got {config.split!r}")
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_split_csv(result, root, out_dir / "split.csv")
-    return root, samples, result
-
-
-def split_counts(result: SplitResult) -> dict:
-    counts = {name: dict(Counter(s.label for s in result.splits[name])) for name in SPLITS}
-    if result.excluded:
-        counts["excluded"] = dict(Counter(s.label for s in result.excluded))
-    return counts
 
 
 def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> dict[int, float]:
@@ -464,7 +423,7 @@ def gate_evidence(model, data: PreparedData, config: TrainConfig):
     GATE_MAX_IMAGES of them; never a test image. ``model``: the served graph
     (``explain_model``: probabilities and class maps). Returns a ``GateEvidence``."""
     from busi_classifier.config import AUGMENTATIONS
-    from busi_classifier.export.tflite import GateEvidence
+    from busi_classifier.evaluation.served import GateEvidence
     from busi_classifier.training.augmentation import build_augmenter
     from busi_classifier.training.model import CAM_OUTPUT
 
@@ -486,6 +445,53 @@ def gate_evidence(model, data: PreparedData, config: TrainConfig):
                         np.asarray(outputs[CAM_OUTPUT], dtype=np.float64), description)
 
 
+def export_model(model, out_dir: Path, config: TrainConfig, dataset_info: dict, calibration: dict | None = None,
+                 representative: np.ndarray | None = None, gate=None, test=None, progress: bool = True,
+                 verbose: bool = False) -> tuple[dict, object]:
+    """Write model.keras, every TFLite variant and model.json into ``out_dir``; return
+    (the metadata, the served variant's test score or None). Export converts and writes
+    the card; evaluation measures the files (busi_classifier.evaluation.served).
+
+    Args:
+        model: the trained Keras model (float32).
+        out_dir: the model folder.
+        config: the run's settings; only ``config.variants`` are written (float32, the
+            reference, always is).
+        dataset_info: model.json's ``dataset``.
+        calibration: what serving applies ({"method", "temperature"}).
+        representative: uint8 training images for int8_full calibration (without them
+            that variant is skipped).
+        gate: a ``GateEvidence``: each variant is compared with the Keras model on these
+            (non-test) images and the default variant is chosen by
+            ``variants.choose_default``; None: float32 is served.
+        test: a ``TestSet``: the served variant's own test metrics (with intervals and
+            calibration) are computed and become model.json's headline, the Keras
+            model's beside them.
+        progress: progress bar over the variants.
+        verbose: show the TFLite converter's and LiteRT's own output.
+
+    Returns:
+        (model.json's content, the served variant's ``ServedScore`` or None without ``test``).
+    """
+    from busi_classifier.evaluation.served import card_metrics, gate_variants, score_served
+    from busi_classifier.export.tflite import write_card, write_model_files
+    from busi_classifier.training.model import CAM_OUTPUT, explain_model, inference_copy
+
+    served_graph = explain_model(model)  # + the class maps, as a second output of every variant
+    map_shape = [1, *[int(d) for d in served_graph.get_layer(CAM_OUTPUT).output.shape[1:]]]
+    # model.keras uncompiled: no optimizer state in the file
+    files = write_model_files(inference_copy(model), served_graph, out_dir, config.variants, representative,
+                              progress, verbose)
+    default, reason, evidence_split = gate_variants(out_dir, files, gate, config.image_size, verbose)
+    score = None
+    if test is not None:
+        score = score_served(out_dir / files[default]["file"], default, test, config.image_size, verbose)
+    meta = write_card(out_dir, config, dataset_info, files, default, reason, evidence_split,
+                      {"output": CAM_OUTPUT, "shape": map_shape}, calibration,
+                      card_metrics(score, test.keras_metrics) if score is not None else {})
+    return meta, score
+
+
 def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluation, progress: bool,
            verbose: bool) -> tuple[dict, object]:
     """Write model.keras, the chosen TFLite variants and model.json.
@@ -501,7 +507,9 @@ def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluatio
     Returns:
         (model.json's content, the served variant's ``ServedScore`` on the test split).
     """
-    from busi_classifier.export.tflite import TestSet, export_model
+    from busi_classifier.evaluation.localisation import mask_for_input
+    from busi_classifier.evaluation.served import TestSet
+    from busi_classifier.training.model import explain_model
 
     dataset_info = {
         "root": str(data.root),
@@ -530,11 +538,7 @@ def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluatio
     # model.json carries what serving applies; the fit's details stay in metrics.json
     card_calibration = {"method": "temperature" if evaluation.temperature != 1.0 else "none",
                         "temperature": evaluation.temperature}
-    from busi_classifier.training.model import explain_model
-
     gate = gate_evidence(explain_model(export_source), data, config)
-    from busi_classifier.evaluation.localisation import mask_for_input
-
     masks = [mask_for_input(s.masks, config.image_size) for s in data.result.splits["test"]]
     test = TestSet(x["test"], y["test"], test_groups(data), evaluation.test_metrics, masks, evaluation.temperature,
                    config.bootstrap_resamples, config.seed)

@@ -1,36 +1,24 @@
-"""Keras ResNet50 transfer-learning model: raw RGB 0..255 in, class probabilities out."""
+"""Keras ResNet50 transfer-learning model: raw RGB 0..255 in, class probabilities out.
+
+The preprocessing layer inside it and the model.keras loader live in
+busi_classifier.model_file (evaluation reads model.keras too); re-exported here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import keras
-from keras import layers, ops
+from keras import layers
 
 from busi_classifier.config import ConfigError, TrainConfig
+from busi_classifier.model_file import IMAGENET_BGR_MEAN, ResNet50Preprocess, load_keras_model  # noqa: F401
 from busi_classifier.serving.constants import CLASSES
 from busi_classifier.training.preflight import WEIGHTS_FILE_HINT, WeightsError, imagenet_unavailable
 
 __all__ = ["ResNet50Preprocess", "WeightsError", "build_base", "build_model", "freeze_base", "load_keras_model",
            "unfreeze_top", "inference_copy", "explain_model", "CAM_OUTPUT"]
 
-IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 RANDOM_INIT_BN_MOMENTUM = 0.9
-
-
-@keras.saving.register_keras_serializable(package="busi_classifier")
-class ResNet50Preprocess(layers.Layer):
-    """keras.applications.resnet50.preprocess_input as a layer ("caffe" mode: RGB->BGR,
-    ImageNet mean subtracted). Inside the model, so no caller ever normalises."""
-
-    def call(self, inputs):
-        x = ops.cast(inputs, "float32")
-        # RGB -> BGR by slicing and concatenating, not ops.flip: in full-integer
-        # quantisation TFLite's REVERSE_V2 lost the input range (mean error -96 on 0..255
-        # pixels); with slices and a concatenation the int8_full model's top-1 agreement
-        # with Keras on BUSI rose from 0.35 to 0.71. Float results are identical.
-        bgr = ops.concatenate([x[..., 2:3], x[..., 1:2], x[..., 0:1]], axis=-1)
-        return bgr - ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype="float32")
 
 
 def is_pretrained(weights: str) -> bool:
@@ -140,7 +128,3 @@ def explain_model(model: keras.Model) -> keras.Model:
     cam.set_weights([kernel.reshape(1, 1, *kernel.shape)])
     return keras.Model(model.inputs, {"probabilities": model.outputs[0], CAM_OUTPUT: maps},
                        name=f"{model.name}_explain")
-
-
-def load_keras_model(path: str | Path) -> keras.Model:
-    return keras.models.load_model(path, custom_objects={"ResNet50Preprocess": ResNet50Preprocess})

@@ -1,7 +1,8 @@
 """The layer names of Keras' ResNet50 (include_top=False), without importing Keras.
 
-The command line checks ``--fine-tune-stages`` against them in the first second, not
-after phase 1 has trained; tests/test_cli.py proves the list equals the real model's.
+``TrainConfig.check`` (config.py) checks ``--fine-tune-stages`` against them in the first
+second, not after phase 1 has trained; tests/test_cli.py proves the list equals the real
+model's. Data only: config imports it, so it imports nothing.
 """
 
 from __future__ import annotations
