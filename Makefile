@@ -32,8 +32,8 @@ demo: setup
 		--image-size 96 --epochs-head 12 --epochs-fine-tune 0 --batch-size 16
 	$(BIN)/python -m busi_classifier invoke --model $(DEMO_OUT) --data $(DEMO_DATA) --per-class 2
 
-# Two workers (pytest-xdist): on the 2-core development machine, idle, the 709 tests took 10 min 13 s
-# (before: 663 tests, one process, more training runs: 19 min 57 s). TEST_WORKERS=0: one process.
+# Two workers (pytest-xdist): on the 2-core development machine, idle, the 1,049 tests took 16 min 03 s
+# (the stop before: 709 tests, 10 min 13 s; one process, 663 tests: 19 min 57 s). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: dev
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
