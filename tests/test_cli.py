@@ -371,14 +371,9 @@ def test_predict_json_and_no_tensorflow_import(trained_model, synthetic_dir, tmp
 
 
 def _card_folder(tmp_path):
-    from test_card import card_dict
+    from test_settings import card_folder  # a model folder whose card names three variant files
 
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "model.json").write_text(json.dumps(card_dict()))
-    for name in ("model.tflite", "model_int8_dynamic.tflite", "model_int8_full.tflite"):
-        (folder / name).write_bytes(b"not really a model")
-    return folder
+    return card_folder(tmp_path)
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

@@ -16,7 +16,7 @@ from conftest import ROOT
 
 from busi_classifier.cli import main
 from busi_classifier.serving.api import MAX_IMAGE_BYTES
-from busi_classifier.serving.card import FORMAT_VERSION, ModelCard, preprocessing_description
+from busi_classifier.serving.card import ModelCard
 from busi_classifier.serving.constants import CLASSES
 from busi_classifier.serving.events import http_v2_event
 from busi_classifier.serving.model_summary import DEMO_NOTICE, REPORT, model_summary, summary_line
@@ -26,30 +26,30 @@ DEMO_TEXT = ("Test accuracy 0.72 (95 % CI 0.60-0.84) on 43 images, macro-F1 0.70
 
 
 def card_data(*, root="/home/me/busi/data/synthetic", weights="none", test=True) -> dict:
-    """A complete card as export writes it (small), trained on ``root`` from ``weights``."""
+    """A complete card as export writes it (small; test_card's card_dict with a 96 px demo
+    run's fields), trained on ``root`` from ``weights``."""
+    from test_card import card_dict
+
     def variant(file):
         return {"file": file, "bytes": 10, "sha256": "0" * 64, "latency_ms": 1.5, "evidence": None}
 
     served_test = {"n": 43, "accuracy": 0.7209, "macro_f1": 0.7031, "macro_auc": 0.85, "bootstrap_unit":
                    "near-duplicate group", "ci95": {"accuracy": [0.6047, 0.8372], "macro_f1": [0.5714, 0.8249],
                                                     "macro_auc": [0.7, 0.9]}}
-    return {
-        "format_version": FORMAT_VERSION, "name": "busi-resnet50", "model_version": "0.1.0+abc123",
-        "created_at": "2026-01-01T00:00:00+00:00", "classes": list(CLASSES),
-        "input": {"name": "image", "shape": [1, 96, 96, 3], "size": 96, "dtype": "float32", "range": [0, 255],
-                  "color": "RGB"},
-        "output": {"name": "probabilities", "shape": [1, 3], "activation": "softmax"},
-        "explain": {"output": "class_maps", "shape": [1, 3, 3, 3], "method": "class activation map"},
-        "preprocessing": preprocessing_description(),
+    data = card_dict()
+    data.update({
+        "model_version": "0.1.0+abc123",
+        "input": {**data["input"], "shape": [1, 96, 96, 3], "size": 96},
+        "explain": {**data["explain"], "shape": [1, 3, 3, 3]},
         "variants": {"float32": variant("model.tflite"), "int8_dynamic": variant("model_int8_dynamic.tflite")},
-        "default_variant": "int8_dynamic", "default_variant_reason": "test", "variant_rule": {}, "files": {},
+        "default_variant": "int8_dynamic",
         "training": {"weights": weights, "data_dir": root, "image_size": 96, "seed": 0},
         "dataset": {"root": root, "fingerprint_sha256": "f" * 64, "images": 300, "split": "grouped"},
         "calibration": {"method": "none", "temperature": 1.0},
         "metrics": {"served": {"variant": "int8_dynamic", "file": "model_int8_dynamic.tflite", "test": served_test},
                     "keras": {"file": "model.keras", "test": served_test}} if test else {},
-        "packages": {},
-    }
+    })
+    return data
 
 
 def demo_card(**kwargs) -> ModelCard:

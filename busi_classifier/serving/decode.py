@@ -179,8 +179,6 @@ def check_shape(width: int, height: int, where: str) -> None:
         raise ImageShapeError(detail=f"{where}: {width}x{height}")
 
 
-_check_pixels = check_shape  # the name earlier code used
-
 
 # --------------------------------------------------------------------------- EXIF orientation
 
@@ -537,16 +535,6 @@ def inspect_image(data: bytes) -> Intake:
     if sniff_format(data) == "PNG":
         return inspect_png(data)
     return inspect_jpeg(data)
-
-
-def scan_png(data: bytes) -> bytes:
-    """The PNG with only the chunks decoding needs (see inspect_png)."""
-    return inspect_png(data).stream
-
-
-def scan_jpeg(data: bytes) -> JpegLayout:
-    """The JPEG pre-scan's layout (see inspect_jpeg)."""
-    return inspect_jpeg(data).jpeg
 
 
 # --------------------------------------------------------------------------- decoding
