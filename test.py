@@ -2,7 +2,7 @@
 
 Not a pytest file (pytest only collects tests/). Usage: python test.py IMAGE [--endpoint
 URL | --stack NAME | --function NAME] [--region REGION] [--api-key KEY] [--timeout SECONDS]
-[--explain] [--overlay-out PATH]; see --help.
+[--explain] [--overlay-out PATH] [--segment] [--segment-out PATH]; see --help.
 """
 
 from busi_classifier.local.client import main

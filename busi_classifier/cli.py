@@ -54,9 +54,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...]
         default = getattr(DEFAULTS, f.name)
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         kwargs: dict = {"dest": f.name, "help": meta["help"]}
-        if not isinstance(default, bool) and not meta["choices"]:
+        is_flag = isinstance(default, bool) or meta["kind"] == "flag"
+        if not is_flag and not meta["choices"]:
             kwargs["metavar"] = meta["metavar"] or flag.lstrip("-").upper().replace("-", "_")
-        if isinstance(default, bool):
+        if is_flag:
             kwargs.update(action=argparse.BooleanOptionalAction, default=default)
         elif meta["parse"]:
             kwargs.update(default=",".join(default))
@@ -377,6 +378,9 @@ def crossval_main(argv=None) -> int:
         "--image-size 96 --epochs-head 8 --epochs-fine-tune 0 --variants float32,int8_dynamic",
     )
     add_config_arguments(p)
+    p.add_argument("--compare-tasks", action="store_true",
+                   help="cross-validate --task classify and --task multitask with the same folds, seeds and "
+                        "settings (OUT/classify, OUT/multitask) and write the paired comparison to OUT/compare.md")
     add_output_options(p)
     p.set_defaults(folds=5, out_dir="artifacts/crossval")
     args = p.parse_args(argv)
@@ -394,9 +398,18 @@ def crossval_main(argv=None) -> int:
 
     command = "python -m busi_classifier crossval " + " ".join(argv if argv is not None else sys.argv[2:])
     try:
-        result = cross_validate(config, command, progress=show_progress(args), verbose=args.verbose)
+        if args.compare_tasks:
+            from busi_classifier.training.crossval import compare_markdown, compare_tasks
+
+            comparison = compare_tasks(config, command, progress=show_progress(args), verbose=args.verbose)
+        else:
+            result = cross_validate(config, command, progress=show_progress(args), verbose=args.verbose)
     except (DatasetError, WeightsError, ConfigError) as exc:
         return _error(exc)
+    if args.compare_tasks:
+        print(compare_markdown(comparison, config, command))
+        print(f"-> {Path(config.out_dir) / 'compare.md'}, {Path(config.out_dir) / 'compare.json'}")
+        return 0
     print(markdown(result, config, command))
     print(f"-> {Path(config.out_dir) / 'crossval.md'}, {Path(config.out_dir) / 'crossval.json'}")
     return 0

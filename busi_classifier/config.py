@@ -30,6 +30,9 @@ MONITORS = ("val_macro_f1", "val_macro_auc")
 DISTRIBUTE = ("none", "mirrored")
 SPLIT_METHODS = ("grouped", "random")
 AUGMENTATIONS = ("flip", "rotate", "zoom", "brightness", "contrast", "speckle")  # training.augmentation builds them
+TASKS = ("multitask", "classify")
+# The lesion decoder adds the feature pyramid's strides 4..32: its input side must divide by 32.
+MULTITASK_SIZE_MULTIPLE = 32
 
 
 class ConfigError(ValueError):
@@ -79,7 +82,8 @@ def setting(default, help: str, *, flag: str | None = None, choices: tuple | Non
         flag: the option name when it is not the field name with dashes (``data_dir`` -> ``--data``).
         choices: the allowed values (argparse ``choices=`` and ``TrainConfig.check``).
         parse: turns the flag's text into the value (comma lists); errors are ConfigError.
-        kind: "positive" for integers >= 1, "nonneg" for integers >= 0.
+        kind: "positive" for integers >= 1, "nonneg" for integers >= 0, "flag" for an on/off
+            setting whose default None means "decided from the other settings".
         metavar, group: how ``--help`` shows and groups the flag.
         factory: store ``default`` through ``default_factory`` (tuples).
 
@@ -102,6 +106,12 @@ class TrainConfig:
     out_dir: str = setting("artifacts/model", "output folder: split.csv, model files, metrics, figures",
                            flag="--out", group="data")
     figures_dir: str | None = setting(None, "folder for the figures (default: --out)", flag="--figures", group="data")
+    task: str | None = setting(None, "multitask: classify and outline the lesion (a decoder on the ResNet50 "
+                               "feature pyramid, trained on the mask files); classify: the classes only "
+                               "(default: multitask where the dataset has mask files, else classify)",
+                               choices=TASKS)
+    seg_weight: float = setting(1.0, "multitask: weight of the lesion loss (Dice + binary cross-entropy) beside the "
+                                "classification loss")
     weights: str = setting("imagenet", "'imagenet' (downloads once), 'none' (random init) or a path to a ResNet50 "
                            "no-top weights file")
     image_size: int = setting(DEFAULT_IMAGE_SIZE, f"input side in pixels (at least {MIN_IMAGE_SIZE}: ResNet50's "
@@ -144,9 +154,11 @@ class TrainConfig:
                                        "or 'all' / 'none'", parse=parse_augmentations, factory=True, metavar="LIST",
                                        group="loss, schedule, selection")
     # fast head training: with a frozen pretrained base, compute base features once per view
-    cache_features: bool = setting(True, "with pretrained weights: train the head on base features computed once "
-                                   "per view instead of running the frozen base every epoch",
-                                   group="loss, schedule, selection")
+    cache_features: bool | None = setting(None, "with pretrained weights and --task classify: train the head on "
+                                          "base features computed once per view instead of running the frozen "
+                                          "base every epoch (default: on where it applies; the lesion decoder "
+                                          "needs the whole feature pyramid, so multitask cannot cache)",
+                                          kind="flag", group="loss, schedule, selection")
     feature_views: int = setting(4, "views per image for --cache-features: the image plus N-1 augmented copies",
                                  kind="positive", metavar="N", group="loss, schedule, selection")
     # hardware
@@ -174,6 +186,24 @@ class TrainConfig:
                                         "checked against)", parse=parse_variants, factory=True, metavar="LIST",
                                         group="evaluation and export")
 
+    def check_task(self, task: str) -> None:
+        """Raise ConfigError where ``task`` cannot work with the other settings."""
+        if task != "multitask":
+            return
+        if self.cache_features and self.weights.lower() != "none":
+            raise ConfigError("--cache-features cannot apply to --task multitask: the lesion decoder needs the whole "
+                              "feature pyramid, not the pooled features (use --no-cache-features, or --task classify)")
+        if self.image_size % MULTITASK_SIZE_MULTIPLE:
+            raise ConfigError(f"--task multitask needs --image-size a multiple of {MULTITASK_SIZE_MULTIPLE} (the "
+                              f"feature pyramid's coarsest stride), got {self.image_size}")
+
+    def uses_cached_features(self) -> bool:
+        """Whether phase 1 trains the head on cached base features (``cache_features``
+        None: wherever it applies, i.e. pretrained weights and the classify task)."""
+        if self.weights.lower() == "none" or self.task == "multitask":
+            return False
+        return True if self.cache_features is None else self.cache_features
+
     def to_dict(self) -> dict:
         d = asdict(self)
         for key, value in d.items():
@@ -195,6 +225,10 @@ class TrainConfig:
             raise ConfigError("epochs must be >= 0 and at least one epoch in total (--epochs-head, --epochs-fine-tune)")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.seg_weight <= 100:
+            raise ConfigError(f"--seg-weight must be in [0, 100], got {self.seg_weight}")
+        if self.task is not None:
+            self.check_task(self.task)
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.feature_views < 1:

@@ -12,9 +12,17 @@ import numpy as np
 
 from busi_classifier.serving.api import Function
 from busi_classifier.serving.constants import CLASSES
-from busi_classifier.serving.decode import decode_image
+from busi_classifier.serving.decode import decode_image, inspect_image
 
 STUB_SIZE = 64
+STUB_LESION_THRESHOLD = 0.5  # the stub's "model.json" threshold: cells brighter than half white are lesion
+
+
+def stub_lesion_grid(pixels: np.ndarray) -> np.ndarray:
+    """The stub's lesion map: the model input's brightness (0..1) averaged over 4x4-pixel
+    cells, (size/4, size/4) as the real map (stride 4). A bright blob is a "lesion"."""
+    side = pixels.shape[0] // 4
+    return pixels.mean(axis=2).reshape(side, 4, side, 4).mean(axis=(1, 3)) / 255.0
 
 
 class StubPredictor:
@@ -26,13 +34,17 @@ class StubPredictor:
     variant = "stub"
     num_threads = 1
     has_maps = True  # explain works: a 4x4 map that follows the image's brightness
+    has_lesion = True  # segment works: a (size/4)^2 map that follows the brightness (stub_lesion_grid)
+    segment_available = True
+    lesion_threshold = STUB_LESION_THRESHOLD
 
     def __init__(self, model_path=None, variant=None, num_threads=None):
         """The signature of Predictor, so that ``make_handler(settings, StubPredictor)`` works."""
         self.model_path = model_path
 
-    def predict_bytes(self, data: bytes, explain: bool = False) -> dict:
-        pixels = decode_image(data, self.image_size)
+    def predict_bytes(self, data: bytes, explain: bool = False, segment: bool = False) -> dict:
+        intake = inspect_image(data)
+        pixels = decode_image(intake, self.image_size)
         mean = float(pixels.mean()) / 255.0
         logits = np.array([1.0 - mean, mean, 0.5])
         probabilities = np.exp(logits) / np.exp(logits).sum()
@@ -47,6 +59,13 @@ class StubPredictor:
             cells = pixels.mean(axis=2).reshape(4, self.image_size // 4, 4, self.image_size // 4).mean(axis=(1, 3))
             maps = np.stack([cells * (k + 1) for k in range(len(self.classes))], axis=-1)
             answer["explanation"] = explanation(maps, index, self.classes, pixels)
+        if segment:
+            from busi_classifier.serving.lesion import lesion_answer
+            from busi_classifier.serving.predictor import upright_size
+
+            width, height = upright_size(intake)
+            answer["lesion"] = lesion_answer(stub_lesion_grid(pixels), self.lesion_threshold, width, height,
+                                             self.image_size)
         return answer
 
 

@@ -82,7 +82,7 @@ def test_limits_match_the_handler():
         assert text.replace(",", "") in SPEC["info"]["description"].replace(",", "")
 
 
-@pytest.mark.parametrize("name", ["image", "images", "url"])
+@pytest.mark.parametrize("name", ["image", "images", "url", "explain", "segment"])
 def test_the_spec_examples_work(name, monkeypatch):
     monkeypatch.delenv("IMAGE_URL_ALLOWLIST", raising=False)
     example = SPEC["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["examples"][name]["value"]
@@ -91,6 +91,18 @@ def test_the_spec_examples_work(name, monkeypatch):
         assert answer["statusCode"] == 400 and body_of(answer)["error"]["code"] == "url_not_allowed"
     else:
         assert answer["statusCode"] == 200, answer["body"]
+        body = body_of(answer)
+        assert ("explanation" in body) is (name == "explain") and ("lesion" in body) is (name == "segment")
+
+
+def test_both_501_codes_are_the_documented_501():
+    """explain_unavailable and segment_unavailable: one 501 response, naming both."""
+    from busi_classifier.serving.api import ERRORS
+
+    described = SPEC["components"]["responses"]["NotAvailableForThisModel"]["description"]
+    for code in ("explain_unavailable", "segment_unavailable"):
+        assert ERRORS[code][0] == 501 and code in described and readme_table()[code] == "501"
+    assert SPEC["paths"]["/predict"]["post"]["responses"]["501"]["$ref"].endswith("/NotAvailableForThisModel")
 
 
 def test_readme_documents_deploy_and_the_local_server():

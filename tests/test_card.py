@@ -28,6 +28,13 @@ from busi_classifier.serving.events import http_v2_event
 SCHEMA_FILE = ROOT / "schemas" / "model.schema.json"
 
 
+def lesion_dict(side: int = 16, threshold: float = 0.45) -> dict:
+    """The card's lesion field of a multitask model whose input is ``4 * side`` pixels."""
+    return {"output": "lesion", "shape": [1, side, side, 1], "stride": 4, "activation": "sigmoid",
+            "threshold": threshold, "threshold_rule": "the threshold of the best mean Dice on the validation images",
+            "metrics": {"dice": {"mean": 0.7}}}
+
+
 def card_dict() -> dict:
     """A complete current-format card (what export writes, small)."""
     def variant(file):
@@ -40,6 +47,7 @@ def card_dict() -> dict:
                   "color": "RGB"},
         "output": {"name": "probabilities", "shape": [1, 3], "activation": "softmax"},
         "explain": {"output": "class_maps", "shape": [1, 2, 2, 3], "method": "class activation map"},
+        "lesion": lesion_dict(),
         "preprocessing": preprocessing_description(),
         "variants": {"float32": variant("model.tflite"), "int8_dynamic": variant("model_int8_dynamic.tflite"),
                      "int8_full": {**variant("model_int8_full.tflite"), "latency_ms": None, "evidence": None}},
@@ -62,7 +70,7 @@ def fields_of(data: dict, prefix: str = "") -> list[str]:
     names = []
     for key, value in data.items():
         names.append(prefix + key)
-        if key in ("input", "output", "explain", "calibration") and isinstance(value, dict):
+        if key in ("input", "output", "explain", "lesion", "calibration") and isinstance(value, dict):
             names += fields_of(value, prefix + key + ".")
     return names
 
@@ -91,22 +99,81 @@ def test_an_old_card_asks_to_re_export():
     del data["format_version"]
     with pytest.raises(ModelLoadError, match="re-export"):
         ModelCard.from_dict(data)
-    with pytest.raises(ModelLoadError, match="format_version 4"):
-        ModelCard.from_dict({**card_dict(), "format_version": 4})
+    with pytest.raises(ModelLoadError, match="format_version 5"):
+        ModelCard.from_dict({**card_dict(), "format_version": 5})
+    with pytest.raises(ModelLoadError, match="reads format_version 2, 3, 4"):
+        ModelCard.from_dict({**card_dict(), "format_version": 1})
 
 
 def test_a_format_2_card_still_reads_as_a_model_without_class_maps():
     """Model folders exported before the class maps keep working: version 2 had no
-    "explain" field, and reads as "no maps"; the field in a version-2 card is refused."""
-    old = {k: v for k, v in card_dict().items() if k != "explain"}
+    "explain" (nor "lesion") field, and reads as "no maps, no lesion map"; either field in
+    a version-2 card is refused."""
+    old = {k: v for k, v in card_dict().items() if k not in ("explain", "lesion")}
     card = ModelCard.from_dict({**old, "format_version": 2})
-    assert card.explain is None and card.format_version == 2
+    assert card.explain is None and card.lesion is None and card.format_version == 2
     with pytest.raises(ModelLoadError, match="unknown field 'explain'"):
-        ModelCard.from_dict({**card_dict(), "format_version": 2})
+        ModelCard.from_dict({**old, "explain": card_dict()["explain"], "format_version": 2})
+    with pytest.raises(ModelLoadError, match="unknown field 'lesion'"):
+        ModelCard.from_dict({**old, "lesion": None, "format_version": 2})
     with pytest.raises(ModelLoadError, match="missing field 'explain'"):
-        ModelCard.from_dict(old)  # version 3 requires it (null when there are no maps)
+        ModelCard.from_dict({**old, "lesion": None})  # the current version requires it (null when there are no maps)
     with pytest.raises(ModelLoadError, match="explain.shape"):
         ModelCard.from_dict({**card_dict(), "explain": {**card_dict()["explain"], "shape": [1, 2, 2, 5]}})
+
+
+def test_a_format_3_card_still_reads_as_a_classify_only_model():
+    """Model folders exported before the lesion map (format_version 3) keep working: they
+    read as "no lesion map" (segment requests answer 501); a version-3 card that has a
+    "lesion" field, even null, is refused like any field its version did not have."""
+    three = {k: v for k, v in card_dict().items() if k != "lesion"}
+    card = ModelCard.from_dict({**three, "format_version": 3})
+    assert card.lesion is None and card.format_version == 3 and card.explain is not None
+    for lesion in (None, lesion_dict()):
+        with pytest.raises(ModelLoadError, match="unknown field 'lesion'"):
+            ModelCard.from_dict({**three, "lesion": lesion, "format_version": 3})
+    with pytest.raises(ModelLoadError, match="missing field 'lesion'"):
+        ModelCard.from_dict(three)  # version 4 requires it (null for a classify-only model)
+
+
+def test_a_format_4_card_describes_the_lesion_map_or_says_null(tmp_path):
+    card = ModelCard.from_dict(card_dict())
+    assert card.format_version == FORMAT_VERSION == 4
+    assert card.lesion.shape == [1, 16, 16, 1] and card.lesion.stride == 4 and card.lesion.threshold == 0.45
+    assert card.lesion.metrics == {"dice": {"mean": 0.7}}
+    card.write(tmp_path)
+    assert json.loads((tmp_path / "model.json").read_text())["lesion"] == lesion_dict()
+    assert ModelCard.read(tmp_path).lesion == card.lesion
+    classify_only = ModelCard.from_dict({**card_dict(), "lesion": None})
+    assert classify_only.lesion is None and classify_only.to_dict()["lesion"] is None
+    # a threshold written as an integer-valued JSON number is still a number
+    with pytest.raises(ModelLoadError, match=r"lesion\.threshold"):
+        ModelCard.from_dict({**card_dict(), "lesion": {**lesion_dict(), "threshold": 1}})
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"shape": [1, 16, 16, 3]}, "lesion.shape"),
+    ({"shape": [16, 16, 1]}, "lesion.shape"),
+    ({"shape": [2, 16, 16, 1]}, "lesion.shape"),
+    ({"shape": [1, 0, 0, 1]}, "lesion.shape"),
+    ({"shape": [1, 8, 8, 1]}, "lesion.shape"),  # 8 cells x stride 4 do not cover the 64 px input
+    ({"shape": [1, 16, 8, 1]}, "lesion.shape"),
+    ({"stride": 0}, "lesion.stride"),
+    ({"stride": 8}, "lesion.shape"),  # a stride that does not fit the shape and the input
+    ({"threshold": 0.0}, "lesion.threshold"),
+    ({"threshold": 1.0}, "lesion.threshold"),
+    ({"threshold": -0.2}, "lesion.threshold"),
+    ({"threshold": float("nan")}, "lesion.threshold"),
+    ({"threshold": "0.5"}, "lesion.threshold"),
+    ({"stride": 4.0}, "lesion.stride"),
+    ({"metrics": []}, "lesion.metrics"),
+    ({"colour": "red"}, "lesion.colour"),
+], ids=["classes-last", "3-d", "batch-2", "empty", "too-coarse", "not-square", "stride-0", "stride-8", "threshold-0",
+        "threshold-1", "threshold-negative", "threshold-nan", "threshold-string", "float-stride", "metrics-list",
+        "unknown-field"])
+def test_wrong_lesion_values_are_named(change, named):
+    with pytest.raises(ModelLoadError, match=named.replace(".", r"\.")):
+        ModelCard.from_dict({**card_dict(), "lesion": {**lesion_dict(), **change}})
 
 
 @pytest.mark.parametrize("change,named", [
@@ -150,6 +217,12 @@ def test_the_schema_agrees_with_the_reader():
     import jsonschema
 
     jsonschema.validate(card_dict(), json_schema())
+    jsonschema.validate({**card_dict(), "lesion": None}, json_schema())
+    for broken_lesion in ({k: v for k, v in lesion_dict().items() if k != "threshold"}, {**lesion_dict(), "x": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**card_dict(), "lesion": broken_lesion}, json_schema())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({k: v for k, v in card_dict().items() if k != "lesion"}, json_schema())
     broken = card_dict()
     del broken["calibration"]["temperature"]
     with pytest.raises(jsonschema.ValidationError):
@@ -185,5 +258,10 @@ def test_a_freshly_exported_model_json_validates_against_the_schema(trained_mode
     jsonschema.validate(data, json.loads(SCHEMA_FILE.read_text()))
     card = ModelCard.read(trained_model)
     assert card.format_version == FORMAT_VERSION and card.classes == list(CLASSES)
+    # the session model trains multitask (the synthetic set has masks): its card describes the lesion map
+    size = card.input.size
+    assert card.lesion is not None and card.lesion.output == "lesion" and card.lesion.activation == "sigmoid"
+    assert card.lesion.shape == [1, size // 4, size // 4, 1] and card.lesion.stride == 4
+    assert 0 < card.lesion.threshold < 1 and card.lesion.threshold_rule
     assert card.preprocessing == preprocessing_description()
     assert card.calibration.method in ("temperature", "none")

@@ -572,3 +572,151 @@ def test_test_py_usage_names_every_flag():
     for action in client.build_parser()._actions:
         if action.option_strings and not isinstance(action, argparse._HelpAction):
             assert max(action.option_strings, key=len) in doc, action.option_strings
+
+
+# --------------------------------------------------------------------------- --segment
+
+
+def lesion(found: bool = True, width: int = 12, height: int = 9) -> dict:
+    """A lesion object of the API's shape for a width x height image."""
+    if not found:
+        return {"found": False, "area_fraction": 0.0, "regions": 0, "bbox": None, "outline": [],
+                "peak_probability": 0.31, "threshold": 0.45, "mask_png": "", "mask_size": [width, height],
+                "mask_media_type": "image/png", "method": "lesion map", "covers": "the uploaded image"}
+    return {"found": True, "area_fraction": 0.0423, "regions": 2, "bbox": [2, 1, 9, 7],
+            "outline": [[2.0, 1.0], [9.0, 1.0], [9.0, 7.0], [2.0, 7.0]], "peak_probability": 0.93,
+            "threshold": 0.45, "mask_png": "", "mask_size": [width, height], "mask_media_type": "image/png",
+            "method": "lesion map", "covers": "the uploaded image"}
+
+
+def test_segment_asks_for_the_lesion_and_prints_found_area_and_bbox(server, png, capsys):
+    answer = {**PREDICTION, "lesion": lesion()}
+    server.route("/prod/predict", 200, answer)
+    rc = main([str(png), "--endpoint", server.base + "/prod", "--segment"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    body = json.loads(server.posted()[0]["body"])
+    assert body["segment"] is True and "explain" not in body and base64.b64decode(body["image"]) == png.read_bytes()
+    assert json.loads(out) == answer  # stdout: the answer's JSON, as always
+    assert err.strip() == "lesion: found, 4.2 % of the image, 2 regions, largest in x 2 to 9, y 1 to 7 (bbox [2, 1, 9, 7])"
+
+
+def test_segment_says_when_no_lesion_was_found(server, png, capsys):
+    server.route("/prod/predict", 200, {**PREDICTION, "lesion": lesion(found=False)})
+    assert main([str(png), "--endpoint", server.base + "/prod", "--segment"]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == "lesion: no lesion found (peak probability 0.31, below the threshold 0.45)"
+
+
+def test_without_segment_nothing_is_asked(server, png, capsys):
+    assert main([str(png), "--endpoint", server.base + "/prod"]) == 0
+    assert "segment" not in json.loads(server.posted()[0]["body"])
+
+
+def test_segment_out_draws_the_outline_into_the_image(server, png, tmp_path, capsys):
+    server.route("/prod/predict", 200, {**PREDICTION, "lesion": lesion()})
+    out_file = tmp_path / "outline.png"
+    rc = main([str(png), "--endpoint", server.base + "/prod", "--segment-out", str(out_file)])  # implies --segment
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    assert json.loads(server.posted()[0]["body"])["segment"] is True
+    drawn = Image.open(out_file)
+    assert drawn.format == "PNG" and drawn.size == (12, 9) and drawn.mode == "RGB"
+    pixels = drawn.load()
+    assert pixels[5, 1] == client.OUTLINE_COLOUR and pixels[2, 4] == client.OUTLINE_COLOUR  # on the polygon
+    assert pixels[0, 8] != client.OUTLINE_COLOUR and pixels[11, 0] != client.OUTLINE_COLOUR  # off it
+    assert f"the image with the outline written to {out_file}" in err
+
+
+def test_segment_out_without_a_lesion_writes_the_image_and_says_so(server, png, tmp_path, capsys):
+    server.route("/prod/predict", 200, {**PREDICTION, "lesion": lesion(found=False)})
+    out_file = tmp_path / "outline.png"
+    assert main([str(png), "--endpoint", server.base + "/prod", "--segment-out", str(out_file)]) == 0
+    assert "without an outline (no lesion found)" in capsys.readouterr().err
+    drawn = Image.open(out_file).convert("L")
+    assert list(drawn.getdata()) == list(Image.open(png).getdata())  # the image itself, untouched
+
+
+def test_segment_out_is_upright_for_an_exif_rotated_image(server, tmp_path, capsys):
+    """The lesion's coordinates are of the upright image: so is the PNG drawn with them."""
+    stored = Image.new("L", (9, 12), 90)  # stored 9 x 12, orientation 6: upright 12 x 9
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    stored.save(path, "JPEG", exif=exif.tobytes())
+    server.route("/prod/predict", 200, {**PREDICTION, "lesion": lesion(width=12, height=9)})
+    out_file = tmp_path / "outline.png"
+    assert main([str(path), "--endpoint", server.base + "/prod", "--segment-out", str(out_file)]) == 0
+    assert Image.open(out_file).size == (12, 9)
+
+
+def test_an_answer_of_another_image_shape_is_one_error_line(server, png, tmp_path, capsys):
+    server.route("/prod/predict", 200, {**PREDICTION, "lesion": lesion(width=9, height=12)})
+    out_file = tmp_path / "outline.png"
+    assert main([str(png), "--endpoint", server.base + "/prod", "--segment-out", str(out_file)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "another shape" in err and len(err.strip().splitlines()) == 1
+    assert not out_file.exists()
+
+
+def test_segment_answer_without_a_lesion_is_shown_with_one_error_line(server, png, tmp_path, capsys):
+    server.route("/prod/predict", 200, PREDICTION)  # a server that ignores "segment"
+    out_file = tmp_path / "outline.png"
+    rc = main([str(png), "--endpoint", server.base + "/prod", "--segment-out", str(out_file)])
+    out, err = capsys.readouterr()
+    assert rc == 1 and json.loads(out) == PREDICTION
+    assert err.startswith("error: ") and "no lesion" in err and len(err.strip().splitlines()) == 1
+    assert not out_file.exists()
+
+
+def test_segment_unavailable_error_answer_writes_nothing(server, png, tmp_path, capsys):
+    unavailable = {"error": {"code": "segment_unavailable", "message": "this model was exported without a lesion map"}}
+    server.route("/prod/predict", 501, unavailable)
+    out_file = tmp_path / "outline.png"
+    assert main([str(png), "--endpoint", server.base + "/prod", "--segment-out", str(out_file)]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == unavailable and "segment_unavailable" in err
+    assert not out_file.exists()
+
+
+def test_segment_out_may_not_be_the_image_nor_the_overlay(server, png, tmp_path, capsys):
+    assert main([str(png), "--endpoint", server.base + "/prod", "--segment-out", str(png)]) == 2
+    assert "--segment-out" in capsys.readouterr().err and server.requests == []
+    same = tmp_path / "same.png"
+    assert main([str(png), "--endpoint", server.base + "/prod", "--overlay-out", str(same),
+                 "--segment-out", str(same)]) == 2
+    assert server.requests == []
+
+
+def test_segment_against_the_local_server_outlines_the_bright_blob(tmp_path, capsys):
+    """The client against `serve`'s server around the stub (the real decoding and
+    serving/lesion.py): the outline lands on the bright rectangle of the image."""
+    import numpy as np
+    from api_stub import stub_handler
+
+    from busi_classifier.local.server import make_server
+
+    pixels = np.full((150, 231), 30, dtype=np.uint8)
+    pixels[30:90, 120:200] = 250
+    image = tmp_path / "blob.png"
+    Image.fromarray(pixels, mode="L").save(image)
+    srv = make_server(stub_handler(environ={"LOG_LEVEL": "WARNING", "EMF_METRICS": "off"}), port=0)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        out_file = tmp_path / "outline.png"
+        rc = main([str(image), "--endpoint", srv.url, "--segment", "--segment-out", str(out_file), "--explain",
+                   "--overlay-out", str(tmp_path / "overlay.png")])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    answer = json.loads(out)
+    assert answer["lesion"]["found"] and "lesion: found, " in err
+    drawn = np.asarray(Image.open(out_file))
+    red = np.all(drawn == client.OUTLINE_COLOUR, axis=2)
+    ys, xs = np.nonzero(red)
+    assert red.any() and drawn.shape[:2] == (150, 231)
+    assert abs(xs.min() - 120) <= 16 and abs(xs.max() - 199) <= 16 and abs(ys.min() - 30) <= 16 \
+        and abs(ys.max() - 89) <= 16, (xs.min(), xs.max(), ys.min(), ys.max())

@@ -55,3 +55,28 @@ def test_bad_fold_settings_are_refused_before_any_training(tmp_path, capsys):
     assert "--folds must be at least 3" in capsys.readouterr().err
     assert main(["crossval", "--data", str(tmp_path), "--split", "random"]) == 2
     assert "grouped" in capsys.readouterr().err
+
+
+def test_compare_tasks_runs_both_tasks_on_the_same_folds_and_reports_the_paired_difference(tmp_path):
+    seen = []
+
+    def train(config, progress, verbose):
+        seen.append((config.task, config.fold, config.seed))
+        meta = fake_meta(config.fold)
+        if config.task == "multitask":  # ahead by 0.02 macro-F1 in folds 0 and 2, behind by 0.01 in fold 1
+            test = meta["metrics"]["served"]["test"]
+            test["macro_f1"] += (0.02, -0.01, 0.02)[config.fold]
+        return meta
+
+    config = TrainConfig(data_dir="d", out_dir=str(tmp_path / "cmp"), folds=3, weights="none", image_size=32)
+    result = crossval.compare_tasks(config, "python -m busi_classifier crossval --compare-tasks", progress=False,
+                                    train=train)
+    assert sorted(seen) == sorted([(t, k, 42) for t in ("classify", "multitask") for k in range(3)])
+    assert (tmp_path / "cmp" / "classify" / "crossval.json").is_file()
+    assert (tmp_path / "cmp" / "multitask" / "fold-2").parent.is_dir()
+    diff = result["multitask_minus_classify"]["macro_f1"]
+    assert diff["mean"] == pytest.approx(0.01) and diff["ahead"] == 2 and diff["n"] == 3
+    assert diff["sd"] == pytest.approx(statistics.stdev([0.02, -0.01, 0.02]))
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| macro-F1 |" in table and "+0.010 ± 0.017" in table and "2 of 3" in table
+    assert "does not help macro-F1 consistently" in table

@@ -126,12 +126,18 @@ def test_keras_and_lambda_agree_on_the_same_png_bytes(float32_lambda, trained_mo
     temperature = json.loads((trained_model / "model.json").read_text())["calibration"]["temperature"]
     images = synthetic_images(synthetic_dir, 3)
     batch = np.stack([decode_image(data, TEST_IMAGE_SIZE) for _, data in images]).astype("float32")
-    keras_probabilities = apply_temperature(model.predict(batch, verbose=0), temperature)
+    keras_outputs = model.predict(batch, verbose=0)
+    assert set(keras_outputs) == {"probabilities", "lesion"}  # the session model is multitask
+    keras_probabilities = apply_temperature(keras_outputs["probabilities"], temperature)
     served = np.array([
         list(float32_lambda.lambda_handler(direct_event(data), None)["probabilities"].values()) for _, data in images
     ])
     assert served.shape == keras_probabilities.shape == (9, 3)
     assert np.abs(served - keras_probabilities).max() < 1e-4
+    # the lesion map too: the Keras decoder and the served file's lesion output, same input pixels
+    served_maps = float32_lambda.lambda_handler.predictor.raw_all(batch.astype(np.uint8))["lesion"]
+    assert served_maps.shape == keras_outputs["lesion"].shape[:3]
+    assert np.abs(served_maps - keras_outputs["lesion"][..., 0]).max() < 1e-4
     # the comparison must mean something: the model is not saturated on every image
     assert ((served > 0.01) & (served < 0.99)).any()
 

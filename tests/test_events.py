@@ -12,6 +12,10 @@ from conftest import ROOT
 from busi_classifier.serving.api import http_request
 from busi_classifier.serving.constants import CLASSES
 
+# the API's "lesion" object (tests/test_segment_api.py checks its values)
+LESION_KEYS = {"found", "area_fraction", "regions", "bbox", "outline", "peak_probability", "threshold", "mask_png",
+               "mask_size", "mask_media_type", "method", "covers"}
+
 EVENTS = ROOT / "events"
 
 # file -> (status through API Gateway or None for a direct invocation, what the body holds)
@@ -22,6 +26,7 @@ EXPECTED = {
     "rest-predict-json.json": (200, "prediction"),
     "rest-predict-png.json": (200, "prediction"),
     "rest-predict-jpeg.json": (200, "prediction"),
+    "rest-predict-segment.json": (200, "prediction with lesion"),
     "rest-health.json": (200, "health"),
     "rest-predict-not-an-image.json": (400, "invalid_image"),
     "http-predict-json.json": (200, "prediction"),
@@ -56,8 +61,11 @@ def test_sample_event_gets_its_answer(handler, name):
         assert answer["statusCode"] == status
         assert answer["headers"]["Content-Type"] == "application/json"
     body = body_of(answer)
-    if expected == "prediction":
+    if expected in ("prediction", "prediction with lesion"):
         assert body["prediction"] in CLASSES and list(body["probabilities"]) == list(CLASSES)
+        assert ("lesion" in body) is (expected == "prediction with lesion")
+        if "lesion" in body:
+            assert set(body["lesion"]) == LESION_KEYS and isinstance(body["lesion"]["found"], bool)
     elif expected == "predictions":
         assert len(body["predictions"]) == len(event["images"])
         assert all(p["prediction"] in CLASSES for p in body["predictions"])
@@ -73,3 +81,15 @@ def test_raw_events_are_base64_with_an_image_content_type():
         assert event["isBase64Encoded"] is True
         content_type = {k.lower(): v for k, v in event["headers"].items()}["content-type"]
         assert content_type in ("image/png", "image/jpeg")
+
+
+def test_the_segment_event_asks_for_the_lesion_and_a_classify_only_model_answers_501():
+    from api_stub import StubPredictor
+
+    class ClassifyOnly(StubPredictor):
+        segment_available = has_lesion = False
+
+    event = json.loads((EVENTS / "rest-predict-segment.json").read_text())
+    assert json.loads(event["body"])["segment"] is True
+    answer = stub_handler(ClassifyOnly())(event, Context())
+    assert answer["statusCode"] == 501 and body_of(answer)["error"]["code"] == "segment_unavailable"

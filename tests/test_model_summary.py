@@ -25,10 +25,11 @@ DEMO_TEXT = ("Test accuracy 0.72 (95 % CI 0.60-0.84) on 43 images, macro-F1 0.70
              "random initialisation")
 
 
-def card_data(*, root="/home/me/busi/data/synthetic", weights="none", test=True) -> dict:
+def card_data(*, root="/home/me/busi/data/synthetic", weights="none", test=True, lesion=True) -> dict:
     """A complete card as export writes it (small; test_card's card_dict with a 96 px demo
-    run's fields), trained on ``root`` from ``weights``."""
-    from test_card import card_dict
+    run's fields), trained on ``root`` from ``weights``; ``lesion``: multitask (a 24x24
+    lesion map), else classify-only."""
+    from test_card import card_dict, lesion_dict
 
     def variant(file):
         return {"file": file, "bytes": 10, "sha256": "0" * 64, "latency_ms": 1.5, "evidence": None}
@@ -41,6 +42,7 @@ def card_data(*, root="/home/me/busi/data/synthetic", weights="none", test=True)
         "model_version": "0.1.0+abc123",
         "input": {**data["input"], "shape": [1, 96, 96, 3], "size": 96},
         "explain": {**data["explain"], "shape": [1, 3, 3, 3]},
+        "lesion": lesion_dict(24) if lesion else None,
         "variants": {"float32": variant("model.tflite"), "int8_dynamic": variant("model_int8_dynamic.tflite")},
         "default_variant": "int8_dynamic",
         "training": {"weights": weights, "data_dir": root, "image_size": 96, "seed": 0},
@@ -75,7 +77,7 @@ def test_a_demo_models_summary_says_its_figures_and_that_it_is_a_demo():
                  "macro_f1": 0.7031, "macro_f1_ci95": [0.5714, 0.8249], "bootstrap_unit": "near-duplicate group"},
         "weights": "none", "initialisation": "random initialisation",
         "synthetic": True, "synthetic_basis": 'the dataset folder (dataset.root) has "synthetic" in its name',
-        "notice": DEMO_NOTICE, "text": DEMO_TEXT, "report": REPORT,
+        "segment": True, "notice": DEMO_NOTICE, "text": DEMO_TEXT, "report": REPORT,
     }
     assert DEMO_NOTICE == "demo model, synthetic data: not a classifier of real scans"
     assert json.loads(json.dumps(summary)) == summary
@@ -116,6 +118,19 @@ def test_the_card_can_say_synthetic_itself_and_a_card_without_test_figures_says_
         "Test accuracy 0.72 (95 % CI 0.60-0.84) on 43 images, macro-F1 0.70; ")
 
 
+def test_the_summary_says_whether_the_model_outlines_lesions():
+    """"segment": the card describes a lesion map (format_version 4, multitask); false for a
+    classify-only card and for one written before the lesion map (format_version 3)."""
+    assert model_summary(demo_card())["segment"] is True
+    assert model_summary(demo_card(lesion=False))["segment"] is False
+    three = {k: v for k, v in card_data().items() if k != "lesion"}
+    assert model_summary(ModelCard.from_dict({**three, "format_version": 3}))["segment"] is False
+    # nothing else of the summary depends on it
+    with_lesion, without = model_summary(demo_card()), model_summary(demo_card(lesion=False))
+    assert {k: v for k, v in with_lesion.items() if k != "segment"} == \
+        {k: v for k, v in without.items() if k != "segment"}
+
+
 def test_model_summary_imports_only_the_standard_library_and_serving():
     tree = ast.parse((ROOT / "busi_classifier" / "serving" / "model_summary.py").read_text())
     for node in ast.walk(tree):
@@ -154,11 +169,15 @@ def test_health_answers_match_openapi_yaml():
     registry = Registry().with_resource("urn:spec", Resource(contents=spec, specification=DRAFT4))
     schema = {"$ref": "urn:spec#/components/schemas/Health"}
     validator = OAS30Validator(schema, registry=registry)
-    for handler in (stub_handler(CardStub()), stub_handler(CardStub(demo_card(test=False))), stub_handler()):
+    for handler in (stub_handler(CardStub()), stub_handler(CardStub(demo_card(test=False))),
+                    stub_handler(CardStub(demo_card(lesion=False))), stub_handler()):
         body = health_of(handler)
         validator.validate(body)
     broken = copy.deepcopy(health_of(stub_handler(CardStub())))
     del broken["model"]["text"]
+    assert not validator.is_valid(broken)
+    broken = copy.deepcopy(health_of(stub_handler(CardStub())))
+    broken["model"]["segment"] = "yes"
     assert not validator.is_valid(broken)
 
 
@@ -214,6 +233,7 @@ def test_the_summary_of_a_real_exported_model(trained_model, tmp_path, capsys):
     assert card.dataset["synthetic"] is True  # training read the marker file synthesize writes
     assert summary["synthetic"] is True and summary["notice"] == DEMO_NOTICE
     assert summary["synthetic_basis"] == "model.json dataset.synthetic"
+    assert summary["segment"] is (card.lesion is not None) is True  # the session model is multitask
     assert summary["text"].startswith(f"Test accuracy {served['accuracy']:.2f} (95 % CI ")
     assert f" on {served['n']} images, macro-F1 {served['macro_f1']:.2f}" in summary["text"]
     assert not leaks(json.dumps(summary))

@@ -112,10 +112,12 @@ def scan_png(path: Path, size=(360, 220)) -> Path:
     return path
 
 
-def post_predict(server, data: bytes, explain: bool = True) -> tuple[int, dict]:
+def post_predict(server, data: bytes, explain: bool = True, segment: bool = False) -> tuple[int, dict]:
     payload = {"image": base64.b64encode(data).decode("ascii")}
     if explain:
         payload["explain"] = True
+    if segment:
+        payload["segment"] = True
     request = urllib.request.Request(server.url + "/predict", data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
     try:
@@ -265,7 +267,8 @@ def test_page_files_are_package_data():
     assert sorted(set(STATIC_FILES.values())) == sorted(p.name for p in STATIC_DIR.iterdir())
     page = (STATIC_DIR / "index.html").read_text()
     for element_id in ("file", "drop", "prediction", "probabilities", "heatmap", "image-canvas", "opacity",
-                       "model-version", "error", "disclaimer", "status"):
+                       "model-version", "error", "disclaimer", "status", "lesion", "lesion-toggle", "lesion-area",
+                       "lesion-controls", "segment-available"):
         assert f'id="{element_id}"' in page
     assert "http://" not in page and "https://" not in page.replace("?api=https://", "")  # no CDN
 
@@ -473,6 +476,11 @@ def test_page_with_the_real_model(browser, trained_model, tmp_path):
         assert shown_figures(browser).startswith(health["model"]["text"] + ". Full report: ")
         assert health["model"]["synthetic"] and by_id(browser, "demo-notice").is_displayed()
         assert_picture_letterboxed(browser, image.read_bytes())
+        if health["model"].get("segment"):  # the session model is multitask: the page asks for the outline
+            sent = [json.loads(e["body"]) for e in srv.recorder.events if e["path"] == "/predict"][0]  # the page's
+            assert sent.get("segment") is True
+            status, expected = post_predict(srv, image.read_bytes(), explain=health.get("explain", False), segment=True)
+            assert_lesion_shown(browser, expected["lesion"], (300, 420))
         if health.get("explain"):
             assert_heatmap_drawn(browser, expected["explanation"]["grid"])
             assert by_id(browser, "opacity").is_displayed()
@@ -637,5 +645,151 @@ def test_page_takes_its_size_limit_from_health(browser, tmp_path):
         assert predict_events(srv) == []
         upload(browser, fits, "done")
         assert len(predict_events(srv)) == 1
+    finally:
+        stop(srv)
+
+
+# --- the lesion outline (issue 20) ---------------------------------------------------
+
+
+LESION_RED = (255, 48, 48)  # app.js LESION_COLOUR
+
+
+def view_geometry(width: int, height: int) -> tuple[float, float, int, int]:
+    """(scale x, scale y, offset x, offset y) of an upright width x height image on the
+    square view, as the page draws it (drawPicture)."""
+    scale = SIDE / max(width, height)
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    return w / width, h / height, (SIDE - w) // 2, (SIDE - h) // 2
+
+
+def assert_lesion_shown(driver, lesion: dict, size: tuple[int, int]) -> None:
+    """The page shows the answer's lesion: the area line, and (when found) the outline
+    scaled from the image's own pixels onto the view, drawn in red on #lesion."""
+    area = by_id(driver, "lesion-area").text
+    assert by_id(driver, "lesion-controls").is_displayed()
+    if not lesion["found"]:
+        assert area == "no lesion found"
+        assert not by_id(driver, "lesion").is_displayed()
+        return
+    regions = f", {lesion['regions']} regions (the outline is the largest's)" if lesion["regions"] > 1 else ""
+    assert area == f"lesion: {shown_percent(lesion['area_fraction'])} of the image{regions}"
+    sx, sy, ox, oy = view_geometry(*size)
+    expected = np.array([[ox + x * sx, oy + y * sy] for x, y in lesion["outline"]])
+    drawn = np.array(json.loads(by_id(driver, "lesion").get_attribute("data-outline")))
+    np.testing.assert_allclose(drawn, expected, atol=0.051)
+    pixels = canvas_pixels(driver, "lesion")
+    stroke = pixels[..., 3] > 0
+    assert stroke.any()
+    # every vertex of the polygon is on the stroke, the stroke red; the rest of the canvas transparent
+    for x, y in expected:
+        ys, xs = slice(max(0, int(y) - 1), int(y) + 2), slice(max(0, int(x) - 1), int(x) + 2)
+        assert stroke[ys, xs].any(), (x, y)
+    opaque = pixels[pixels[..., 3] == 255][:, :3]
+    assert len(opaque) and (np.abs(opaque.astype(int) - LESION_RED) <= 1).all()
+    far = np.ones_like(stroke)
+    x0, y0 = expected.min(axis=0) - 3
+    x1, y1 = expected.max(axis=0) + 3
+    far[int(max(0, y0)):int(y1) + 1, int(max(0, x0)):int(x1) + 1] = False
+    assert not stroke[far].any()  # nothing drawn outside the polygon's box
+    assert by_id(driver, "lesion").is_displayed() == by_id(driver, "lesion-toggle").is_selected()
+
+
+@needs_browser
+def test_the_lesion_outline_is_drawn_over_the_image_and_the_area_printed(browser, tmp_path):
+    """/health says the model has a lesion map: the page sends "segment": true beside
+    "explain", draws the answer's outline over the shown image (scaled from image pixels to
+    the view: it lands on the bright blob) and prints its area; the toggle hides and shows it."""
+    from test_model_summary import CardStub
+
+    srv = start(Recorder(stub_handler(CardStub())))
+    try:
+        open_page(browser, srv.url + "/")
+        assert by_id(browser, "segment-available").text == "available (the page asks for it)"
+        size = (360, 220)
+        image = scan_png(tmp_path / "scan.png", size)
+        upload(browser, image, "done")
+        data = image.read_bytes()
+        [sent] = [json.loads(e["body"]) for e in predict_events(srv)]
+        assert sent == {"image": base64.b64encode(data).decode("ascii"), "explain": True, "segment": True}
+        status, expected = post_predict(srv, data, explain=True, segment=True)
+        assert status == 200 and expected["lesion"]["found"]
+        assert_shows(browser, expected)
+        assert_heatmap_drawn(browser, expected["explanation"]["grid"])  # the heat map as before, under the outline
+        toggle = by_id(browser, "lesion-toggle")
+        assert toggle.is_selected() and toggle.is_enabled()
+        assert_lesion_shown(browser, expected["lesion"], size)
+        # the outline surrounds the blob (scan_png: right of centre, above the middle)
+        sx, sy, ox, oy = view_geometry(*size)
+        ys, xs = np.nonzero(canvas_pixels(browser, "lesion")[..., 3] > 0)
+        assert abs(xs.mean() - (ox + 0.72 * size[0] * sx)) < 30 and abs(ys.mean() - (oy + 0.35 * size[1] * sy)) < 30
+        # the toggle, by keyboard: hidden, shown again
+        from selenium.webdriver.common.keys import Keys
+
+        toggle.send_keys(Keys.SPACE)
+        assert not toggle.is_selected() and not by_id(browser, "lesion").is_displayed()
+        assert by_id(browser, "lesion-area").is_displayed()  # the area stays
+        toggle.send_keys(Keys.SPACE)
+        assert toggle.is_selected() and by_id(browser, "lesion").is_displayed()
+
+        # an image without a lesion: "no lesion found", nothing drawn, the toggle off
+        dark = tmp_path / "dark.png"
+        Image.new("L", (200, 150), 30).save(dark)
+        upload(browser, dark, "done")
+        _, expected = post_predict(srv, dark.read_bytes(), explain=True, segment=True)
+        assert not expected["lesion"]["found"]
+        assert_lesion_shown(browser, expected["lesion"], (200, 150))
+        assert not by_id(browser, "lesion-toggle").is_enabled()
+        assert (canvas_pixels(browser, "lesion")[..., 3] == 0).all()
+    finally:
+        stop(srv)
+
+
+@needs_browser
+def test_the_outline_of_an_exif_rotated_jpeg_is_drawn_on_the_upright_image(browser, tmp_path):
+    """The answer's coordinates are of the upright image; the browser shows it upright too."""
+    from test_model_summary import CardStub
+
+    upright = Image.open(scan_png(tmp_path / "scan.png", (360, 220))).convert("L")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # stored 220 x 360; orientation 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    stored.save(path, "JPEG", quality=95, exif=exif.tobytes())
+    srv = start(Recorder(stub_handler(CardStub())))
+    try:
+        open_page(browser, srv.url + "/")
+        upload(browser, path, "done")
+        _, expected = post_predict(srv, path.read_bytes(), explain=True, segment=True)
+        assert expected["lesion"]["found"] and expected["lesion"]["mask_size"] == [256, 156]  # upright: wider
+        assert_lesion_shown(browser, expected["lesion"], (360, 220))
+    finally:
+        stop(srv)
+
+
+@needs_browser
+@pytest.mark.parametrize("model", ["classify-only card", "no card", "health says yes, api says 501"])
+def test_the_page_asks_for_the_outline_only_where_the_model_has_it(browser, tmp_path, model):
+    from test_model_summary import CardStub, demo_card
+
+    class Refuses(CardStub):
+        segment_available = False  # a /health that promised more than the model does
+
+    predictor = {"classify-only card": CardStub(demo_card(lesion=False)), "no card": StubPredictor(),
+                 "health says yes, api says 501": Refuses()}[model]
+    srv = start(Recorder(stub_handler(predictor)))
+    try:
+        open_page(browser, srv.url + "/")
+        note = {"classify-only card": "not available for this model",
+                "no card": "not known (the page does not ask for it)",
+                "health says yes, api says 501": "available (the page asks for it)"}[model]
+        assert by_id(browser, "segment-available").text == note
+        upload(browser, scan_png(tmp_path / "scan.png"), "done")
+        sent = [json.loads(e["body"]).get("segment") for e in predict_events(srv)]
+        assert sent == ([True, None] if model == "health says yes, api says 501" else [None])
+        if model == "health says yes, api says 501":
+            assert by_id(browser, "segment-available").text == "not available for this model"
+        assert not by_id(browser, "lesion-controls").is_displayed() and not by_id(browser, "lesion").is_displayed()
+        assert by_id(browser, "heatmap").is_displayed() and not by_id(browser, "error").is_displayed()
     finally:
         stop(srv)

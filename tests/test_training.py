@@ -41,7 +41,8 @@ def test_pretrained_head_on_cached_features_then_gradual_unfreezing(synthetic_di
     try:
         meta = run(synthetic_dir, out, "--weights", str(weights_file), "--epochs-head", "1", "--epochs-fine-tune",
                    "1", "--fine-tune-stages", "conv5_block1_1_conv,conv4_block1_1_conv", "--feature-views", "3",
-                   "--augment", "all", "--lr-schedule", "plateau", "--early-stopping", "3", "--mixed-precision")
+                   "--augment", "all", "--lr-schedule", "plateau", "--early-stopping", "3", "--mixed-precision",
+                   "--task", "classify")
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert history_of(out)["phase"] == ["1-head", "2-fine-tune-1", "2-fine-tune-2"]
@@ -59,6 +60,35 @@ def test_pretrained_head_on_cached_features_then_gradual_unfreezing(synthetic_di
 
     p = Predictor(out / "model.tflite").predict_array(np.zeros((32, 32, 3), dtype=np.uint8))
     assert p.shape == (3,) and p.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_multitask_with_pretrained_weights_gradual_unfreezing_mixed_precision_and_mirrored(synthetic_dir, weights_file,
+                                                                                        tmp_path):
+    """The lesion decoder trains on every code path of the classifier: the frozen base
+    (through it: no cached features), gradual unfreezing, mixed_float16, MirroredStrategy;
+    the export is float32 with the lesion map as an output of every variant."""
+    import keras
+
+    out = tmp_path / "run"
+    try:
+        meta = run(synthetic_dir, out, "--weights", str(weights_file), "--epochs-head", "1", "--epochs-fine-tune",
+                   "1", "--fine-tune-stages", "conv5_block1_1_conv", "--mixed-precision", "--distribute", "mirrored",
+                   "--seg-weight", "2", "--variants", "float32,int8_dynamic")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    training = meta["training"]
+    assert (training["task"], training["seg_weight"], training["cache_features"]) == ("multitask", 2.0, False)
+    history = history_of(out)
+    assert history["phase"] == ["1-head", "2-fine-tune-1"]
+    assert len(history["lesion_loss"]) == 2 and "val_macro_f1" in history and "val_probabilities_macro_f1" not in history
+    assert "1-head features" not in json.loads((out / "metrics.json").read_text())["timings_s"]
+    lesion = meta["lesion"]
+    assert lesion["shape"] == [1, 8, 8, 1] and lesion["stride"] == 4 and 0 < lesion["threshold"] < 1
+    assert "dice" in lesion["metrics"]
+    from busi_classifier.serving.predictor import Predictor
+
+    for variant in ("float32", "int8_dynamic"):
+        assert Predictor(out, variant).has_lesion, variant
 
 
 def test_loss_schedule_selection_and_strategy_options_are_used_and_recorded(synthetic_dir, tmp_path):
@@ -113,7 +143,7 @@ def test_cached_features_give_the_same_head_as_running_the_base(synthetic_dir, w
 
     common = ["--data", str(synthetic_dir), *TINY, "--weights", str(weights_file), "--epochs-head", "2",
               "--epochs-fine-tune", "0", "--augment", "none", "--feature-views", "1", "--early-stopping", "0",
-              "--lr-schedule", "constant"]
+              "--lr-schedule", "constant", "--task", "classify"]
     heads, histories = [], []
     for flag in ("--cache-features", "--no-cache-features"):
         config = config_from_args(train_parser().parse_args([*common, "--out", str(tmp_path / flag), flag]))

@@ -5,12 +5,20 @@ import csv
 import json
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import ROOT, TEST_IMAGE_SIZE, fresh_lambda, synthetic_images
 
-from busi_classifier.export.variants import VARIANT_FILES, agreement_evidence, choose_default, passes_gates
+from busi_classifier.export.variants import (
+    MIN_LESION_DICE,
+    VARIANT_FILES,
+    agreement_evidence,
+    choose_default,
+    lesion_agreement,
+    passes_gates,
+)
 from busi_classifier.serving.events import direct_event, http_v2_event
 
 
@@ -45,6 +53,122 @@ def test_agreement_evidence_by_hand():
     e = agreement_evidence(ref, cand, y)
     assert e["top1_agreement"] == 0.75 and e["max_probability_diff"] == pytest.approx(0.2)
     assert e["macro_f1_diff"] > 0
+
+
+def lesion_grid(top: int, left: int, cells: int = 4, side: int = 16) -> np.ndarray:
+    """A (side, side) lesion map: probability 1 on a square of ``cells`` cells, 0 elsewhere."""
+    grid = np.zeros((side, side))
+    grid[top:top + cells, left:left + cells] = 1.0
+    return grid
+
+
+def test_lesion_agreement_by_hand():
+    square = lesion_grid(4, 4)
+    nothing = np.zeros((16, 16))
+    e = lesion_agreement(np.stack([nothing, square, square]), np.stack([nothing, nothing, square]), 0.5)
+    assert e["lesion_dice_min"] == 0.0 and e["lesion_dice_mean"] == pytest.approx(2 / 3)  # 1 (both empty), 0, 1
+    assert e["lesion_found_agreement"] == pytest.approx(2 / 3) and e["lesion_threshold"] == 0.5
+    assert e["lesion_max_abs_diff"] == 1.0
+    # shifted by one 4 px cell: a 16 px square overlaps its shifted self on 12 of 16 columns, Dice 0.75
+    # (less the corner pixels the bilinear blur rounds off)
+    shifted = lesion_agreement(square[None], np.roll(square, 1, axis=1)[None], 0.5)
+    assert shifted["lesion_dice_mean"] == pytest.approx(0.75, abs=0.01) and shifted["lesion_peak_agreement"] == 0.0
+    same = lesion_agreement(square[None, ..., None], square[None, ..., None], 0.5)  # Keras's (N, h, w, 1) too
+    assert same["lesion_dice_mean"] == same["lesion_dice_p05"] == 1.0 and same["lesion_peak_agreement"] == 1.0
+    assert lesion_agreement(np.zeros((0, 16, 16)), np.zeros((0, 16, 16)), 0.5)["lesion_dice_mean"] == 1.0
+    with pytest.raises(ValueError, match="shapes"):
+        lesion_agreement(square[None], np.zeros((1, 8, 8)), 0.5)
+
+
+def test_the_lesion_gate_fails_a_variant_whose_lesion_map_disagrees_though_its_probabilities_agree():
+    y = np.array([0, 1, 2, 1, 2, 0])
+    probabilities = np.eye(3)[y] * 0.7 + 0.1
+    reference_lesion = np.stack([np.zeros((16, 16))] + [lesion_grid(2 + i, 3 + i) for i in range(4)]
+                                + [np.zeros((16, 16))])
+    moved = np.roll(reference_lesion, 2, axis=2)  # every outline 8 px off to the right
+    good = agreement_evidence(probabilities, probabilities.copy(), y, reference_lesion=reference_lesion,
+                              candidate_lesion=reference_lesion.copy(), lesion_threshold=0.5)
+    bad = agreement_evidence(probabilities, probabilities.copy(), y, reference_lesion=reference_lesion,
+                             candidate_lesion=moved, lesion_threshold=0.5)
+    assert good["top1_agreement"] == bad["top1_agreement"] == 1.0 and bad["macro_f1_diff"] == 0.0
+    assert good["lesion_dice_mean"] == 1.0 and passes_gates(good)
+    assert bad["lesion_dice_mean"] < MIN_LESION_DICE and not passes_gates(bad)
+    variants = {"float32": {"latency_ms": 100.0, "evidence": good}, "float16": {"latency_ms": 60.0, "evidence": good},
+                "int8_dynamic": {"latency_ms": 30.0, "evidence": bad}}
+    name, reason = choose_default(variants)
+    assert name == "float16" and f"lesion-map Dice >= {MIN_LESION_DICE:.2f}" in reason and "lesion-map Dice 1.000" in reason
+    # without a threshold (or a lesion map on either side) nothing is measured: the evidence is as before
+    assert "lesion_dice_mean" not in agreement_evidence(probabilities, probabilities, y,
+                                                        reference_lesion=reference_lesion, candidate_lesion=moved)
+    assert "lesion_dice_mean" not in agreement_evidence(probabilities, probabilities, y, candidate_lesion=moved,
+                                                        lesion_threshold=0.5)
+
+
+def test_evidence_without_lesion_keys_is_gated_and_explained_as_before():
+    old = {**evidence(agreement=0.995, f1_diff=-0.005), "map_mean_abs_diff": 0.05, "map_max_abs_diff": 0.2,
+           "map_peak_agreement": 0.9}
+    assert passes_gates(old) and passes_gates(evidence())
+    name, reason = choose_default({"float32": {"latency_ms": 50.0, "evidence": evidence()},
+                                   "int8_dynamic": {"latency_ms": 20.0, "evidence": old}})
+    assert name == "int8_dynamic" and "lesion" not in reason
+    assert reason == ("fastest variant (20.0 ms per image at export) with macro-F1 loss <= 0.01, top-1 agreement >= "
+                      "99% and class-map difference <= 0.10 on train+val images (agreement 0.995, macro-F1 diff "
+                      "-0.005)")
+    assert passes_gates({**old, "lesion_dice_mean": None})  # not measured
+    assert passes_gates({**old, "lesion_dice_mean": MIN_LESION_DICE})  # exactly on the gate
+    assert not passes_gates({**old, "lesion_dice_mean": MIN_LESION_DICE - 0.001})
+
+
+class StubPredictor:
+    """What evaluation.served asks of a LiteRT predictor of one variant file."""
+
+    def __init__(self, probabilities, maps, lesion, latency):
+        self.outputs = {"probabilities": probabilities, "class_maps": maps, "lesion": lesion}
+        self.latency, self.seen = latency, None
+
+    def raw_all(self, images):
+        self.seen = np.asarray(images)
+        return dict(self.outputs)
+
+
+def test_gate_variants_gates_each_file_on_all_its_outputs_from_one_call(monkeypatch, tmp_path):
+    from busi_classifier.evaluation import served
+
+    y = np.array([0, 1, 2, 1])
+    probabilities = np.eye(3)[y] * 0.7 + 0.1
+    maps = np.random.default_rng(0).normal(size=(4, 2, 2, 3))
+    lesion = np.stack([np.zeros((16, 16))] + [lesion_grid(2 + 2 * i, 4) for i in range(3)])
+    images = np.zeros((4, 64, 64, 3), np.uint8)
+    stubs = {"model.tflite": StubPredictor(probabilities, maps, lesion, 80.0),
+             "model_int8_dynamic.tflite": StubPredictor(probabilities, maps, np.roll(lesion, 3, axis=1), 20.0)}
+    monkeypatch.setattr(served, "file_predictor", lambda path, *args, **kwargs: stubs[Path(path).name])
+    monkeypatch.setattr(served, "latency_ms", lambda predictor, image: predictor.latency)
+
+    def files():
+        return {"float32": {"file": "model.tflite"}, "int8_dynamic": {"file": "model_int8_dynamic.tflite"}}
+
+    gate = served.GateEvidence(images, y, probabilities, maps, "train+val: 4 images; no test image",
+                               reference_lesion=lesion, lesion_threshold=0.5)
+    entries = files()
+    default, reason, described = served.gate_variants(tmp_path, entries, gate, 64)
+    assert default == "float32" and described == gate.description  # int8 is faster, its lesion map is off
+    assert entries["float32"]["evidence"]["lesion_dice_mean"] == 1.0
+    assert entries["int8_dynamic"]["evidence"]["lesion_dice_mean"] < MIN_LESION_DICE
+    assert entries["int8_dynamic"]["evidence"]["top1_agreement"] == 1.0
+    assert np.array_equal(stubs["model.tflite"].seen, images)  # the gate images, all outputs in one call
+    # a classify-only model (no lesion map on either side): gated as before, int8 served
+    for stub in stubs.values():
+        stub.outputs["lesion"] = None
+    entries = files()
+    classify = served.GateEvidence(images, y, probabilities, maps, "train+val")
+    assert served.gate_variants(tmp_path, entries, classify, 64)[0] == "int8_dynamic"
+    assert not any(key.startswith("lesion") for key in entries["int8_dynamic"]["evidence"])
+    # the Keras model has a lesion map and a file does not: the export is broken, said at once
+    with pytest.raises(ValueError, match="no lesion output"):
+        served.gate_variants(tmp_path, files(), gate, 64)
+    with pytest.raises(ValueError, match="threshold"):
+        served.gate_variants(tmp_path, files(), served.GateEvidence(images, y, probabilities, maps, "x",
+                                                                     reference_lesion=lesion), 64)
 
 
 def test_gate_evidence_is_train_and_val_with_augmented_views_never_a_test_image():

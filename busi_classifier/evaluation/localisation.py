@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from busi_classifier.evaluation.metrics import resample_units
+from busi_classifier.serving.decode import letterbox_geometry
 from busi_classifier.serving.explain import colourise, normalise_map
 
 MASK_THRESHOLD = 127  # a mask pixel is lesion when its gray value is above this
@@ -74,20 +75,13 @@ DEFINITIONS = {
 # --------------------------------------------------------------------------- masks
 
 
-def _letterbox_geometry(width: int, height: int, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(new size, paste offset) exactly as ``decode_image`` computes them."""
-    scale = size / max(width, height)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return new_size, ((size - new_size[0]) // 2, (size - new_size[1]) // 2)
-
-
 def letterbox_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """A (H, W) bool mask at image resolution -> (size, size) bool over the model input:
     the longer side resized to ``size`` (NEAREST, so it stays binary), centred on a
-    False square, with ``decode_image``'s rounding and offsets."""
+    False square, with ``decode_image``'s own geometry (``serving.decode.letterbox_geometry``)."""
     mask = np.asarray(mask, dtype=bool)
     height, width = mask.shape
-    new_size, offset = _letterbox_geometry(width, height, size)
+    new_size, offset = letterbox_geometry(width, height, size)
     resized = Image.fromarray(mask.astype(np.uint8) * 255, mode="L").resize(new_size, Image.Resampling.NEAREST)
     canvas = Image.new("L", (size, size), 0)
     canvas.paste(resized, offset)

@@ -54,7 +54,8 @@ def predict_outputs(model_path: Path, images: np.ndarray, batch_size: int = 16) 
         from busi_classifier.model_file import load_keras_model
 
         model = load_keras_model(model_path)
-        return model.predict(images.astype("float32"), batch_size=batch_size, verbose=0), None
+        out = model.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
+        return (out["probabilities"] if isinstance(out, dict) else out), None  # a multitask model: + "lesion"
     predictor = _predictor(model_path)
     if predictor.has_maps:
         return predictor.raw_outputs(images)

@@ -1,6 +1,6 @@
 """Write the trained model: model.keras, the TFLite variants (float32, float16, int8
 dynamic range, int8 full integer; each with the class activation maps as a second
-output), and model.json.
+output, and a multitask model's lesion map as a third), and model.json.
 
 Conversion and the card only: what the card says of the variants' speed and agreement
 and of the served file's test metrics is measured by busi_classifier.evaluation.served
@@ -126,7 +126,7 @@ def write_json(path: Path, obj: dict) -> None:
 
 def write_card(out_dir: Path, config: TrainConfig, dataset_info: dict, files: dict[str, dict], default: str,
                reason: str, evidence_split: str, explain: dict, calibration: dict | None = None,
-               metrics: dict | None = None) -> dict:
+               metrics: dict | None = None, lesion: dict | None = None) -> dict:
     """Write model.json, the typed, versioned card (serving/card.py; every field is
     required), beside the files ``write_model_files`` wrote; return its content.
 
@@ -142,6 +142,8 @@ def write_card(out_dir: Path, config: TrainConfig, dataset_info: dict, files: di
         calibration: what serving applies ({"method", "temperature"}); None: none.
         metrics: the served file's and the Keras model's test headline
             (``evaluation.served.card_metrics``); None: not scored.
+        lesion: the lesion output of a multitask model ({"output", "shape", "stride",
+            "activation", "threshold", "threshold_rule", "metrics"}); None: classify only.
 
     Returns:
         model.json's content.
@@ -166,6 +168,7 @@ def write_card(out_dir: Path, config: TrainConfig, dataset_info: dict, files: di
         },
         "output": {"name": "probabilities", "shape": [1, len(CLASSES)], "activation": "softmax"},
         "explain": {"output": explain["output"], "shape": explain["shape"], "method": CAM_METHOD},
+        "lesion": lesion,
         "preprocessing": preprocessing_description(),
         "variants": files,
         "default_variant": default,

@@ -13,10 +13,14 @@ to reach the model:
 
 The request body is ``{"image": "<base64 of the file bytes>"}``, with ``"explain": true``
 for ``--explain`` (the answer then carries the class activation map; its PNG overlay,
-``explanation.overlay_png``, is written to ``--overlay-out`` or beside the image);
+``explanation.overlay_png``, is written to ``--overlay-out`` or beside the image) and
+``"segment": true`` for ``--segment`` (the answer then carries the ``lesion``: whether one
+was found, its area and bounding box, printed on one line, and its outline, which
+``--segment-out`` draws into a PNG copy of the image, upright);
 ``--api-key`` (or BUSI_API_KEY) adds the ``x-api-key`` header that an API deployed with
 ``ApiKeyRequired=true`` wants. Only the standard library is imported at module level;
-boto3 is imported lazily when ``--function`` or ``--stack`` is used.
+boto3 is imported lazily when ``--function`` or ``--stack`` is used, Pillow when
+``--segment-out`` is.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import io
 import json
 import os
 import socket
@@ -41,6 +46,8 @@ PREDICT_PATH = "/predict"
 API_URL_OUTPUT = "ApiUrl"  # the output of template.yaml that holds the stage URL
 API_KEY_ENV = "BUSI_API_KEY"
 OVERLAY_SUFFIX = ".overlay.png"  # scan.png -> scan.overlay.png, the default --overlay-out
+OUTLINE_COLOUR = (255, 48, 48)  # the lesion outline --segment-out draws
+MASK_MAX_SIDE = 256  # the answer's mask_size: the image's size, or its longer side scaled to this (serving/lesion.py)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 USER_AGENT = "busi-classifier-client/0.1"
 
@@ -113,11 +120,14 @@ def _download(url: str, timeout: float) -> bytes:
         raise ClientError(f"could not download image {url}: {exc}") from None
 
 
-def build_payload(image_bytes: bytes, explain: bool = False) -> dict:
-    """The request body the handler expects (``explain``: ask for the class activation map)."""
+def build_payload(image_bytes: bytes, explain: bool = False, segment: bool = False) -> dict:
+    """The request body the handler expects (``explain``: ask for the class activation map;
+    ``segment``: for the lesion outline, area and mask)."""
     payload: dict[str, Any] = {"image": base64.b64encode(image_bytes).decode("ascii")}
     if explain:
         payload["explain"] = True
+    if segment:
+        payload["segment"] = True
     return payload
 
 
@@ -161,6 +171,93 @@ def write_overlay(answer: Any, path: Path) -> Any:
         raise ClientError(f"cannot write the overlay to {path}: {exc.strerror or exc}") from None
     explanation = {**answer["explanation"], "overlay_png": f"written to {path} ({len(data)} bytes)"}
     return {**answer, "explanation": explanation}
+
+
+# --------------------------------------------------------------------------- lesion
+
+
+def lesion_of(answer: Any) -> dict:
+    """The answer's ``lesion``; ClientError when it holds none or not one of the API's."""
+    lesion = answer.get("lesion") if isinstance(answer, dict) else None
+    if not isinstance(lesion, dict) or not isinstance(lesion.get("found"), bool):
+        raise ClientError('the answer holds no lesion (was "segment": true ignored? a server from before the '
+                          "lesion outline does not send one)")
+    return lesion
+
+
+def lesion_line(lesion: dict) -> str:
+    """One line for the terminal: found or not, the area, the bounding box."""
+    if not lesion["found"]:
+        peak, threshold = lesion.get("peak_probability"), lesion.get("threshold")
+        detail = (f" (peak probability {peak:.2f}, below the threshold {threshold:.2f})"
+                  if isinstance(peak, (int, float)) and isinstance(threshold, (int, float)) else "")
+        return f"lesion: no lesion found{detail}"
+    area = lesion.get("area_fraction")
+    regions = lesion.get("regions")
+    parts = [f"{area * 100:.1f} % of the image" if isinstance(area, (int, float)) else "area unknown"]
+    if isinstance(regions, int):
+        parts.append(f"{regions} region{'s' if regions != 1 else ''}")
+    bbox = lesion.get("bbox")
+    if isinstance(bbox, list) and len(bbox) == 4:
+        parts.append(f"largest in x {bbox[0]} to {bbox[2]}, y {bbox[1]} to {bbox[3]} (bbox {json.dumps(bbox)})")
+    return "lesion: found, " + ", ".join(parts)
+
+
+def upright_picture(image_bytes: bytes):
+    """The image as RGB, upright (EXIF orientation applied), at its own size: what the
+    lesion's coordinates are of. Pillow is imported here only."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(image_bytes))
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: the API divides by 256 too
+            image = image.convert("I").point(lambda v: v / 256).convert("L")
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))  # alpha composited on black, as the API does
+            image = Image.alpha_composite(black, rgba)
+        return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ClientError(f"cannot draw the outline: the image cannot be opened here ({exc})") from None
+
+
+def expected_mask_size(width: int, height: int) -> list[int]:
+    if max(width, height) <= MASK_MAX_SIDE:
+        return [width, height]
+    scale = MASK_MAX_SIDE / max(width, height)
+    return [max(1, round(width * scale)), max(1, round(height * scale))]
+
+
+def outline_png(image_bytes: bytes, lesion: dict) -> bytes:
+    """PNG of the image, upright, with the lesion's outline drawn (the image alone when
+    nothing was found). ClientError when the answer's outline does not fit the image."""
+    from PIL import ImageDraw
+
+    picture = upright_picture(image_bytes)
+    width, height = picture.size
+    mask_size = lesion.get("mask_size")
+    if isinstance(mask_size, list) and mask_size != expected_mask_size(width, height):
+        raise ClientError(f"the answer's lesion is of an image of another shape (mask {mask_size}) than this "
+                          f"one upright ({width}x{height}): was the image changed?")
+    outline = lesion.get("outline") or []
+    points = [(float(x), float(y)) for x, y in outline]
+    if len(points) >= 2:
+        line = max(1, round(max(width, height) / 250))
+        ImageDraw.Draw(picture).line(points + points[:1], fill=OUTLINE_COLOUR, width=line, joint="curve")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_outline(image_bytes: bytes, answer: Any, path: Path) -> int:
+    """Write the image with the answer's lesion outline to ``path``; return its bytes."""
+    data = outline_png(image_bytes, lesion_of(answer))
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise ClientError(f"cannot write the outline to {path}: {exc.strerror or exc}") from None
+    return len(data)
 
 
 # --------------------------------------------------------------------------- transport
@@ -408,6 +505,9 @@ examples:
   # the class activation map too: its overlay PNG goes to scan.overlay.png
   python test.py scan.png --endpoint http://localhost:8000 --explain [--overlay-out map.png]
 
+  # the lesion outline: found / area / bbox on one line, the image with its outline in outline.png
+  python test.py scan.png --endpoint http://localhost:8000 --segment [--segment-out outline.png]
+
 The answer is printed as JSON. Exit code 0 when it holds a prediction, 1 otherwise.
 Default endpoint: {DEFAULT_ENDPOINT}
 """
@@ -465,6 +565,19 @@ def build_parser() -> argparse.ArgumentParser:
         f"scan.png -> scan{OVERLAY_SUFFIX}; for a URL, its file name in the current folder)",
     )
     parser.add_argument(
+        "--segment",
+        action="store_true",
+        help='ask for the lesion outline ("segment": true): prints whether a lesion was found, its '
+        "area and bounding box on one line (stderr; the answer's JSON on stdout as always) (default: off)",
+    )
+    parser.add_argument(
+        "--segment-out",
+        metavar="PATH",
+        type=Path,
+        help="write a PNG of the image, upright, with the lesion outline drawn in red; implies --segment "
+        "(default: none, nothing is written)",
+    )
+    parser.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
         metavar="KEY",
@@ -509,13 +622,18 @@ def _error(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     explain = args.explain or args.overlay_out is not None
+    segment = args.segment or args.segment_out is not None
     overlay_path = (args.overlay_out or default_overlay_path(args.image)) if explain else None
-    if overlay_path is not None and not is_url(args.image) and _same_file(overlay_path, Path(args.image)):
-        _error(f"--overlay-out {overlay_path} is the image itself; choose another file")
+    for flag, path in (("--overlay-out", overlay_path), ("--segment-out", args.segment_out)):
+        if path is not None and not is_url(args.image) and _same_file(path, Path(args.image)):
+            _error(f"{flag} {path} is the image itself; choose another file")
+            return 2
+    if overlay_path is not None and args.segment_out is not None and _same_file(overlay_path, args.segment_out):
+        _error(f"--segment-out {args.segment_out} is where the overlay goes too; choose another file")
         return 2
     try:
         image_bytes = read_image(args.image, args.timeout)
-        payload = build_payload(image_bytes, explain)
+        payload = build_payload(image_bytes, explain, segment)
         size = len(payload["image"])
         if size > LAMBDA_PAYLOAD_LIMIT:
             print(
@@ -537,6 +655,19 @@ def main(argv: list[str] | None = None) -> int:
                 _error(str(exc))
                 return 1
             print(f"overlay written to {overlay_path}", file=sys.stderr)
+        if segment and is_prediction(answer):
+            try:
+                lesion = lesion_of(answer)
+                line = lesion_line(lesion)
+                written = write_outline(image_bytes, answer, args.segment_out) if args.segment_out else None
+            except ClientError as exc:  # a prediction without a usable lesion: show it, then why
+                _print_json(answer)
+                _error(str(exc))
+                return 1
+            print(line, file=sys.stderr)
+            if written is not None:
+                what = "with the outline" if lesion["found"] else "without an outline (no lesion found)"
+                print(f"the image {what} written to {args.segment_out} ({written} bytes)", file=sys.stderr)
     except ErrorAnswer as exc:
         _print_json(exc.answer)
         _error(f"{exc}: {summarize_error(exc.answer)}")

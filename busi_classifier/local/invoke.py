@@ -66,6 +66,9 @@ def invoke_main(argv) -> int:
             }
             for kind, answer in answers.items():
                 show(kind, answer)
+            if getattr(handler.predictor, "segment_available", False):
+                lesion = handler({**direct_event(data), "segment": True}, None).get("lesion")
+                print(f"  {'direct {image, segment}':<28} -> {lesion_summary(lesion)}")
             total += 1
             correct += answers["direct {image}"].get("prediction") == label
     print("bad input:")
@@ -73,3 +76,14 @@ def invoke_main(argv) -> int:
     show("direct, missing image", handler({"picture": "x"}, None))
     print(f"{correct}/{total} shown images predicted correctly")
     return 0
+
+
+def lesion_summary(lesion: dict | None) -> str:
+    """One line of a segment answer's ``lesion`` (without its mask PNG and outline)."""
+    if not lesion:
+        return "no lesion object in the answer"
+    if not lesion["found"]:
+        return f"no lesion found (peak probability {lesion['peak_probability']:.2f} < threshold {lesion['threshold']:g})"
+    return (f"lesion {100 * lesion['area_fraction']:.1f} % of the image, {lesion['regions']} region(s), largest in "
+            f"bbox {lesion['bbox']}, outline of {len(lesion['outline'])} points, peak probability "
+            f"{lesion['peak_probability']:.2f}")

@@ -8,6 +8,10 @@ Accepted events:
   ``POST /predict`` whose body is that JSON, or the raw PNG/JPEG bytes
   (``isBase64Encoded: true``); ``GET /health`` (and ``HEAD``); ``OPTIONS`` (CORS preflight).
 
+Any of them may ask for more than the prediction (FLAGS): ``"explain": true`` (the class
+activation map) and ``"segment": true`` (the lesion outline, area and mask) in the JSON,
+or ``?explain=1`` / ``?segment=1`` on an API Gateway request, raw uploads included.
+
 The shape of Powertools' event-handler resolver without its import cost: the routes are
 declared once (``@app.post("/predict")``), matched on the exact path after the stage
 prefix; exceptions are mapped to answers in one place (``@app.exception_handler``); every
@@ -53,17 +57,23 @@ MAX_URL_CHARS = 2048
 # the slowest accepted cases benchmarks/intake_worst_case.py measures) plus the slowest
 # model step seen so far (INVOKE_ESTIMATE_S until one has been seen); when the estimate
 # does not fit in what is left, the request answers 504 deadline_exceeded instead of
-# being killed.
+# being killed. A segment request's model step is estimated apart (the lesion map's
+# post-processing, serving/lesion.py, is part of what is timed): SEGMENT_ESTIMATE_S more
+# than a plain one until one has been seen, never less than a plain one.
 DEADLINE_MARGIN_S = 1.0
 DEADLINE_MARGIN_FRACTION = 0.25  # at most this share of the time left (a function with a 1 s timeout still works)
 DECODE_SECONDS_PER_MEGAPIXEL = 0.1
 DECODE_SECONDS_PER_MEGABYTE = 0.1
 INVOKE_ESTIMATE_S = 0.05  # until a model step has been seen: the first image of a cold function is not refused for a guess
+SEGMENT_ESTIMATE_S = 0.05  # the lesion post-processing (outline, mask PNG), until a segment request has been seen
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 CORS_HEADERS = "Content-Type,X-Api-Key"
 PREDICTION_KEYS = ("image", "images", "url")
-EXPLAIN_KEY = "explain"
+# What a request may ask beyond the prediction: a JSON boolean in the body, or the query
+# parameter of the same name (QUERY_TRUE / QUERY_FALSE), raw uploads included.
+EXPLAIN_KEY, SEGMENT_KEY = "explain", "segment"
+FLAGS = (EXPLAIN_KEY, SEGMENT_KEY)
 QUERY_TRUE, QUERY_FALSE = ("1", "true", "yes"), ("0", "false", "no")  # exactly these (openapi.yaml's enum)
 MODEL_UNAVAILABLE = "the model is not loaded on this function; check MODEL_PATH and model.json (the logs say why)"
 
@@ -90,6 +100,9 @@ ERRORS: dict[str, tuple[int, str]] = {
     "internal_error": (500, "the model could not process this request"),
     "explain_unavailable": (501, "this model was exported without class activation maps: re-export it with this "
                                  "version to use explain, or leave explain out"),
+    "segment_unavailable": (501, "this model was exported without a lesion map: train it with --task multitask (a "
+                                 "dataset with masks) and export it with this version to use segment, or leave "
+                                 "segment out"),
     "model_unavailable": (503, MODEL_UNAVAILABLE),
     "deadline_exceeded": (504, "the request would take longer than the time this function has left; send fewer "
                                "or smaller images"),
@@ -281,25 +294,34 @@ def parse_json_payload(text: str | bytes) -> object:
         raise RequestError("invalid_json") from None
 
 
-def explain_flag(payload: dict) -> bool:
-    """``"explain": true`` in a JSON request (absent: false); anything but a boolean is refused."""
-    value = payload.get(EXPLAIN_KEY, False)
-    if not isinstance(value, bool):
-        raise RequestError("invalid_request", '"explain" must be a JSON boolean (true or false)')
-    return value
+def body_flags(payload: dict) -> dict[str, bool]:
+    """FLAGS of a JSON request, e.g. ``"explain": true`` (absent: false); anything but a
+    JSON boolean is refused."""
+    flags = {}
+    for key in FLAGS:
+        value = payload.get(key, False)
+        if not isinstance(value, bool):
+            raise RequestError("invalid_request", f'"{key}" must be a JSON boolean (true or false)')
+        flags[key] = value
+    return flags
 
 
-def explain_query(event: dict) -> bool:
-    """``?explain=1`` (or true/yes; 0/false/no) on an API Gateway request."""
+def query_flags(event: dict) -> dict[str, bool]:
+    """FLAGS of an API Gateway request's query string: ``?explain=1`` (or true/yes;
+    0/false/no; absent: false), ``?segment=1`` the same."""
     params = event.get("queryStringParameters") or {}
-    if not isinstance(params, dict) or EXPLAIN_KEY not in params:
-        return False
-    value = params[EXPLAIN_KEY]
-    if value in QUERY_TRUE:
-        return True
-    if value in QUERY_FALSE:
-        return False
-    raise RequestError("invalid_request", "the explain query parameter must be 1 or 0 (true or false)")
+    flags = dict.fromkeys(FLAGS, False)
+    if not isinstance(params, dict):
+        return flags
+    for key in FLAGS:
+        if key not in params:
+            continue
+        value = params[key]
+        if value in QUERY_TRUE:
+            flags[key] = True
+        elif value not in QUERY_FALSE:
+            raise RequestError("invalid_request", f"the {key} query parameter must be 1 or 0 (true or false)")
+    return flags
 
 
 def images_from_payload(payload: object, settings: ServingSettings) -> tuple[list[bytes], bool]:
@@ -358,10 +380,10 @@ def is_base64_encoded(event: dict) -> bool:
     return flag
 
 
-def images_from_http_body(event: dict, settings: ServingSettings) -> tuple[list[bytes], bool, bool]:
-    """(image bytes, is_batch, explain) of an API Gateway request: explain from the JSON
-    body's "explain" or the query string's ``explain``."""
-    explain = explain_query(event)
+def images_from_http_body(event: dict, settings: ServingSettings) -> tuple[list[bytes], bool, dict[str, bool]]:
+    """(image bytes, is_batch, FLAGS) of an API Gateway request: each flag from the JSON
+    body or the query string (either asks)."""
+    flags = query_flags(event)
     body = event.get("body")
     encoded = is_base64_encoded(event)
     if body is None or body == "":
@@ -374,17 +396,18 @@ def images_from_http_body(event: dict, settings: ServingSettings) -> tuple[list[
         raw = decode_base64(body, "body", MAX_BODY_BYTES)
         content_type = _header(event, "content-type").lower()
         if content_type.startswith("application/json") or (not content_type.startswith("image/") and raw.lstrip()[:1] == b"{"):
-            return _json_request(parse_json_payload(raw), settings, explain)
+            return _json_request(parse_json_payload(raw), settings, flags)
         if len(raw) > MAX_IMAGE_BYTES:
             raise RequestError("payload_too_large", limit=MAX_IMAGE_BYTES)
-        return [raw], False, explain
-    return _json_request(parse_json_payload(body), settings, explain)
+        return [raw], False, flags
+    return _json_request(parse_json_payload(body), settings, flags)
 
 
-def _json_request(payload: object, settings: ServingSettings, explain: bool = False) -> tuple[list[bytes], bool, bool]:
+def _json_request(payload: object, settings: ServingSettings,
+                  asked: dict[str, bool] | None = None) -> tuple[list[bytes], bool, dict[str, bool]]:
     images, batch = images_from_payload(payload, settings)
-    flag = explain_flag(payload)  # checked even when the query string already asks for it
-    return images, batch, explain or flag
+    flags = body_flags(payload)  # checked even when the query string already asks for them
+    return images, batch, {key: flags[key] or bool((asked or {}).get(key)) for key in FLAGS}
 
 
 # --- routes -----------------------------------------------------------------------
@@ -422,14 +445,19 @@ def decode_estimate_s(pixels: int, size_bytes: int = 0) -> float:
 
 
 def predict_images(function: Function, request: Request, images: list[bytes], batch: bool,
-                   explain: bool = False) -> dict:
+                   explain: bool = False, segment: bool = False) -> dict:
     """Every image is pre-scanned (inspect_image: format, structure, size, shape) before any
     is decoded, the request's pixels are checked against MAX_REQUEST_PIXELS, and each
-    image is decoded only when its estimated time fits before the request's deadline."""
+    image is decoded only when its estimated time (its decode, the model step, the lesion
+    post-processing with ``segment``) fits before the request's deadline."""
     request.images = images
     predictor = function.predictor
     if explain and not getattr(predictor, "has_maps", False):
         raise RequestError("explain_unavailable")
+    if segment and not getattr(predictor, "segment_available", False):
+        raise RequestError("segment_unavailable")
+    # only what is asked is passed: a predictor without the flag still answers plain requests
+    asked = {key: True for key, on in ((EXPLAIN_KEY, explain), (SEGMENT_KEY, segment)) if on}
 
     def located(i: int, exc: Exception) -> RequestError:
         answer = app.error_for(exc)
@@ -450,13 +478,13 @@ def predict_images(function: Function, request: Request, images: list[bytes], ba
     results = []
     for i, intake in enumerate(intakes):
         decode_s = decode_estimate_s(intake.pixels, intake.size)
-        deadline.require(decode_s + function.invoke_estimate_s, f"image {i}")
+        deadline.require(decode_s + function.estimate_s(segment), f"image {i}")
         started = time.perf_counter()
         try:
-            results.append(predictor.predict_bytes(intake, explain=True) if explain else predictor.predict_bytes(intake))
+            results.append(predictor.predict_bytes(intake, **asked))
         except Exception as exc:
             raise located(i, exc) from None
-        function.observe(time.perf_counter() - started - decode_s)
+        function.observe(time.perf_counter() - started - decode_s, segment)
     if batch:
         return {"predictions": results, "model_version": predictor.model_version}
     return {**results[0], "model_version": predictor.model_version}
@@ -464,13 +492,15 @@ def predict_images(function: Function, request: Request, images: list[bytes], ba
 
 @app.post("/predict")
 def predict(function: Function, request: Request) -> dict:
-    return predict_images(function, request, *images_from_http_body(request.event, function.settings))
+    images, batch, flags = images_from_http_body(request.event, function.settings)
+    return predict_images(function, request, images, batch, **flags)
 
 
 @app.get("/health")
 def health(function: Function, request: Request) -> dict:
-    """The model's version, classes, whether explain works, its test figures (``model``:
-    model_summary of its card; null for a model without model.json) and the request
+    """The model's version, classes, whether explain works, its test figures and whether
+    segment works (``model``: model_summary of its card; null for a model without
+    model.json, which cannot segment: the threshold is the card's) and the request
     limits a client should check before sending (``limits.image_bytes``: decoded image
     bytes per request)."""
     from .model_summary import model_summary
@@ -484,7 +514,8 @@ def health(function: Function, request: Request) -> dict:
 
 
 def direct(function: Function, request: Request) -> dict:
-    return predict_images(function, request, *_json_request(request.event, function.settings))
+    images, batch, flags = _json_request(request.event, function.settings)
+    return predict_images(function, request, images, batch, **flags)
 
 
 def preflight(function: Function, request: Request) -> Answer:
@@ -507,10 +538,21 @@ class Function:
         if predictor is None and load_error is None:
             raise ValueError("a Function needs a predictor or the reason it has none")
         self.invoke_estimate_s = INVOKE_ESTIMATE_S  # the slowest model step seen, decays slowly
+        self.segment_estimate_s = INVOKE_ESTIMATE_S + SEGMENT_ESTIMATE_S  # the same, of segment requests
 
-    def observe(self, model_seconds: float) -> None:
-        """One image's time beyond its decode estimate (the model, explain's overlay)."""
-        self.invoke_estimate_s = max(0.05, model_seconds, 0.9 * self.invoke_estimate_s)
+    def estimate_s(self, segment: bool = False) -> float:
+        """What one image's model step may take (beyond its decode), lesion post-processing
+        included with ``segment``."""
+        return self.segment_estimate_s if segment else self.invoke_estimate_s
+
+    def observe(self, model_seconds: float, segment: bool = False) -> None:
+        """One image's time beyond its decode estimate (the model, explain's overlay, with
+        ``segment`` the lesion outline and mask)."""
+        if segment:
+            self.segment_estimate_s = max(INVOKE_ESTIMATE_S, model_seconds, 0.9 * self.segment_estimate_s)
+        else:
+            self.invoke_estimate_s = max(INVOKE_ESTIMATE_S, model_seconds, 0.9 * self.invoke_estimate_s)
+        self.segment_estimate_s = max(self.segment_estimate_s, self.invoke_estimate_s)
 
     def __call__(self, event: object, context: object = None) -> dict:
         if isinstance(event, dict) and "invocationSchemaVersion" in event and "tasks" in event:

@@ -31,10 +31,12 @@ from .constants import (
     SIXTEEN_BIT_DIVISOR,
 )
 
-FORMAT_VERSION = 3
-# Older versions this code still reads, and what each lacks. 2: no class-map output
-# ("explain" is read as null: the model answers without explanations).
-READABLE_VERSIONS = {2: {"explain": None}}
+FORMAT_VERSION = 4
+# Older versions this code still reads, and what each lacks (read as null; a card of that
+# version that has the field anyway is refused as an unknown field). 2: no class-map output
+# ("explain": the model answers without explanations); 2 and 3: no lesion output ("lesion":
+# a classify-only model, segment requests answer 501).
+READABLE_VERSIONS = {2: {"explain": None, "lesion": None}, 3: {"lesion": None}}
 CARD_FILE = "model.json"
 SCHEMA_ID = "https://github.com/busi-classifier/schemas/model.schema.json"
 
@@ -95,6 +97,19 @@ class ExplainSpec:
 
 
 @dataclass(frozen=True)
+class LesionSpec:
+    """The lesion-map output: a probability per map cell that it is lesion."""
+
+    output: str  # the TFLite output holding the lesion map ("lesion")
+    shape: list[int]  # [1, h, w, 1]; h * stride == w * stride == input.size
+    stride: int  # model-input pixels per map cell (4): cell (r, c) covers [stride r, stride (r+1)) x [stride c, ...)
+    activation: str  # "sigmoid"
+    threshold: float  # probability at or above which a pixel is lesion, chosen on the validation split
+    threshold_rule: str  # how the threshold was chosen (one sentence)
+    metrics: dict  # segmentation metrics of the served file on the test split ({} when not scored)
+
+
+@dataclass(frozen=True)
 class Calibration:
     method: str  # "temperature" or "none"
     temperature: float  # 1.0 with method "none"
@@ -102,7 +117,7 @@ class Calibration:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """model.json, format_version 3 (2 is read too: see READABLE_VERSIONS)."""
+    """model.json, format_version 4 (2 and 3 are read too: see READABLE_VERSIONS)."""
 
     format_version: int
     name: str
@@ -112,6 +127,7 @@ class ModelCard:
     input: InputSpec
     output: OutputSpec
     explain: ExplainSpec | None  # the class-map output; null: the model has none
+    lesion: LesionSpec | None  # the lesion-map output; null: a classify-only model
     preprocessing: dict
     variants: dict[str, VariantEntry]
     default_variant: str
@@ -142,6 +158,20 @@ class ModelCard:
         if self.explain is not None and (len(self.explain.shape) != 4 or self.explain.shape[0] != 1
                                          or self.explain.shape[3] != len(self.classes)):
             raise ModelLoadError("model.json: field 'explain.shape' must be [1, h, w, number of classes]")
+        if self.lesion is not None:
+            self._check_lesion(self.lesion)
+
+    def _check_lesion(self, lesion: LesionSpec) -> None:
+        shape, stride, size = list(lesion.shape), lesion.stride, self.input.size
+        if len(shape) != 4 or shape[0] != 1 or shape[3] != 1 or min(shape) < 1:
+            raise ModelLoadError("model.json: field 'lesion.shape' must be [1, h, w, 1]")
+        if stride < 1:
+            raise ModelLoadError("model.json: field 'lesion.stride' must be at least 1")
+        if shape[1] * stride != size or shape[2] * stride != size:
+            raise ModelLoadError(f"model.json: field 'lesion.shape' {shape} with 'lesion.stride' {stride} does not "
+                                 f"cover the {size} x {size} input (h x stride and w x stride must be {size})")
+        if not (math.isfinite(lesion.threshold) and 0 < lesion.threshold < 1):
+            raise ModelLoadError("model.json: field 'lesion.threshold' must be a number between 0 and 1 (exclusive)")
 
     # --- reading ------------------------------------------------------------------
 

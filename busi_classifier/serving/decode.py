@@ -702,6 +702,29 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return _finish(working, kind)
 
 
+# orientations whose transpose swaps width and height (EXIF 2.32, 4.6.4 A)
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def letterbox_geometry(width: int, height: int, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where an upright ``width`` x ``height`` image lands in the ``size`` x ``size`` model
+    input: ``((new_w, new_h), (offset_x, offset_y))``, exactly as ``decode_image`` resizes
+    and pastes it. The longer side becomes ``size`` (scale = size / max(width, height),
+    each side rounded, at least 1 px), centred on the black square (offsets floored).
+
+    The ONE geometry of the project: decode_image places the image with it, the lesion
+    masks are letterboxed with it (evaluation.localisation.letterbox_mask) and the lesion
+    map is mapped back onto the uploaded image with it (serving.lesion). ``width`` and
+    ``height`` are the upright image's (EXIF orientations 5-8 swap the header's); the
+    formula is symmetric in the two sides, so the geometry of the stored (pre-orientation)
+    image, transposed, is the same."""
+    if width < 1 or height < 1 or size < 1:
+        raise ValueError(f"letterbox_geometry needs positive sides, got {width}x{height} into {size}")
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    return (new_w, new_h), ((size - new_w) // 2, (size - new_h) // 2)
+
+
 def decode_image(data: bytes | Intake, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     """Decode PNG or JPEG bytes (or what ``inspect_image`` made of them) into the model
     input: uint8 array (size, size, 3).
@@ -711,19 +734,26 @@ def decode_image(data: bytes | Intake, size: int = DEFAULT_IMAGE_SIZE) -> np.nda
     plugins only, JPEG draft mode (libjpeg decodes at a reduced scale that is still at
     least ``size``), the truncation check of JPEG and the palette check of PNG, the
     mode the resize runs in (gray stays gray, alpha premultiplied = composited on
-    black), one bilinear resize of the longer side to ``size`` keeping the aspect ratio,
-    conversion to RGB, the EXIF orientation as a transpose, centred on a black square.
+    black), one bilinear resize of the longer side to ``size`` keeping the aspect ratio
+    (``letterbox_geometry`` of the upright header size), conversion to RGB, the EXIF
+    orientation as a transpose, centred on a black square.
     Raises InvalidImageError (ImageTooLargeError for too many pixels) for anything else.
     """
     intake = inspect_image(data)
     image = load_image(intake, size)
+    swapped = intake.orientation in SWAPPING_ORIENTATIONS
+    upright_size = (intake.height, intake.width) if swapped else (intake.width, intake.height)
+    (new_w, new_h), offset = letterbox_geometry(*upright_size, size)
     try:
         working, kind = _working_image(image)
         del image
-        width, height = working.size
-        scale = size / max(width, height)
-        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        resized = working.resize(new_size, Image.Resampling[RESIZE_METHOD.upper()])
+        # the stored image is resized to the upright geometry's sides (swapped back for
+        # orientations 5-8), then turned upright. The geometry comes from the header's size,
+        # not from the decoded one: a JPEG decoded in draft mode is ceil(side / scale) px a
+        # side, whose rounding would move the short side by a pixel in about one size in
+        # ten, and the mask and the lesion map know only the header's size.
+        resized = working.resize((new_h, new_w) if swapped else (new_w, new_h),
+                                 Image.Resampling[RESIZE_METHOD.upper()])
         del working
         upright = apply_orientation(_finish(resized, kind), intake.orientation)
     except InvalidImageError:
@@ -731,5 +761,5 @@ def decode_image(data: bytes | Intake, size: int = DEFAULT_IMAGE_SIZE) -> np.nda
     except Exception as exc:  # a mode Pillow cannot convert, and the like
         raise CorruptImageError(detail=f"convert: {type(exc).__name__}: {exc}") from None
     canvas = Image.new("RGB", (size, size), PAD_COLOR)
-    canvas.paste(upright, ((size - upright.width) // 2, (size - upright.height) // 2))
+    canvas.paste(upright, offset)
     return np.asarray(canvas, dtype=np.uint8)

@@ -106,6 +106,7 @@ def sample_events(png: bytes, jpeg: bytes) -> dict[str, dict]:
         "direct-predict-batch.json": {"images": [b64(png), b64(jpeg)]},
         "direct-url.json": {"url": "https://images.example.org/scan.png"},
         "rest-predict-json.json": rest_v1_event("POST", "/predict", {"image": b64(png)}),
+        "rest-predict-segment.json": rest_v1_event("POST", "/predict", {"image": b64(png), "segment": True}),
         "rest-predict-png.json": rest_v1_event("POST", "/predict", raw=png),
         "rest-predict-jpeg.json": rest_v1_event("POST", "/predict", raw=jpeg, content_type="image/jpeg"),
         "rest-health.json": rest_v1_event("GET", "/health"),

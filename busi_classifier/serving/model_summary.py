@@ -3,8 +3,10 @@
 ``model_summary(card)`` turns a ``ModelCard`` (model.json) into a small JSON-ready dict:
 the served variant's test figures (accuracy and macro-F1 with their bootstrap 95 %
 intervals, the number of test images), the weights training started from, whether the
-training data was the synthetic demo set, a one-line ``text`` and, for a demo model, a
-``notice``. ``GET /health`` carries it as ``"model"`` (the page shows it under the class)
+training data was the synthetic demo set, whether the model outlines lesions
+(``segment``: its card describes a lesion output), a one-line ``text`` and, for a demo
+model, a ``notice``. ``GET /health`` carries it as ``"model"`` (the page shows it under
+the class and asks for the lesion outline only where ``segment`` is true)
 and ``python -m busi_classifier predict`` prints it beside its table.
 
 Whether the data was synthetic: ``python -m busi_classifier synthesize`` writes a marker
@@ -40,7 +42,8 @@ def model_summary(card: ModelCard) -> dict:
 
     Returns:
         ``{"model_version", "variant", "test", "weights", "initialisation", "synthetic",
-        "synthetic_basis", "notice", "text", "report"}``: ``test`` is ``{"split",
+        "synthetic_basis", "segment", "notice", "text", "report"}``: ``segment`` is
+        whether the model has a lesion map (``"segment": true`` requests work); ``test`` is ``{"split",
         "images", "accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95",
         "bootstrap_unit"}`` or None when model.json holds no test figures (an export
         without evaluation data); an interval is ``[low, high]`` or None; ``weights`` is
@@ -67,6 +70,7 @@ def model_summary(card: ModelCard) -> dict:
         "initialisation": initialisation,
         "synthetic": synthetic,
         "synthetic_basis": basis,
+        "segment": card.lesion is not None,
         "notice": DEMO_NOTICE if synthetic else None,
         "text": text,
         "report": REPORT,

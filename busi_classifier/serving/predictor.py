@@ -1,4 +1,10 @@
-"""Run the exported TFLite model with LiteRT (ai-edge-litert). No TensorFlow here."""
+"""Run the exported TFLite model with LiteRT (ai-edge-litert). No TensorFlow here.
+
+The served graph's outputs are told apart by shape, not position (the converter orders
+them by name): the probabilities ``[1, classes]``, the class maps ``[1, h, w, classes]``
+(explain) and the lesion map ``[1, h, w, 1]`` (segment). model.json must describe every
+output the file has, and the file must have every output model.json describes.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,28 @@ from pathlib import Path
 import numpy as np
 
 from .card import ModelCard, ModelLoadError
-from .decode import decode_image
+from .decode import SWAPPING_ORIENTATIONS, Intake, decode_image, inspect_image
+from .lesion import MAP_STRIDE, lesion_answer
 
-__all__ = ["ExplainUnavailableError", "ModelLoadError", "Predictor", "apply_temperature", "available_cpus", "resolve_model_file"]
+__all__ = ["ExplainUnavailableError", "ModelLoadError", "Predictor", "SegmentUnavailableError", "apply_temperature",
+           "available_cpus", "resolve_model_file", "upright_size"]
 
 
 class ExplainUnavailableError(RuntimeError):
     """An explanation was asked of a model exported without the class-map output."""
+
+
+class SegmentUnavailableError(RuntimeError):
+    """A lesion outline was asked of a model without a lesion output (or without the
+    model.json threshold that turns its map into an outline)."""
+
+
+def upright_size(intake: Intake) -> tuple[int, int]:
+    """(width, height) of the image upright, EXIF orientation applied: the header's size,
+    swapped for orientations 5-8 (what decode_image's transpose does)."""
+    if intake.orientation in SWAPPING_ORIENTATIONS:
+        return intake.height, intake.width
+    return intake.width, intake.height
 
 
 def available_cpus() -> int:
@@ -111,28 +132,67 @@ class Predictor:
             raise ModelLoadError(f"LiteRT could not load {self.model_path}: {exc}") from None
         self._input = self.interpreter.get_input_details()[0]
         outputs = self.interpreter.get_output_details()
-        # by shape, not position: the converter orders a two-output model's outputs by name
+        # by shape, not position: the converter orders a model's outputs by name
         n_classes = len(self.classes)
         probabilities = [o for o in outputs if list(o["shape"]) == [1, n_classes]]
         maps = [o for o in outputs if len(o["shape"]) == 4 and int(o["shape"][-1]) == n_classes]
-        if len(probabilities) != 1 or len(outputs) != 1 + len(maps) or len(maps) > 1:
+        lesion = [o for o in outputs if len(o["shape"]) == 4 and int(o["shape"][-1]) == 1]
+        if (len(probabilities) != 1 or len(maps) > 1 or len(lesion) > 1
+                or len(outputs) != 1 + len(maps) + len(lesion)):
             raise ModelLoadError(f"{self.model_path.name}: expected an output of shape [1, {n_classes}] (and "
-                                 f"optionally class maps [1, h, w, {n_classes}]), got "
-                                 f"{[list(o['shape']) for o in outputs]}")
+                                 f"optionally class maps [1, h, w, {n_classes}] and a lesion map [1, h, w, 1]), got "
+                                 f"{[[int(v) for v in o['shape']] for o in outputs]}")
         self._output = probabilities[0]
         self._maps = maps[0] if maps else None
+        self._lesion = lesion[0] if lesion else None
         if self.card is not None and self.card.explain is not None and self._maps is None:
             raise ModelLoadError(f"model.json says the model has class maps, but {self.model_path.name} has no "
                                  "such output")
+        if self.card is not None:
+            self._check_lesion(self.card)
         expected = [1, self.image_size, self.image_size, 3]
         if list(self._input["shape"]) != expected:
             raise ModelLoadError(f"model input shape {list(self._input['shape'])} does not match model.json {expected}")
         self._buffer = np.empty(expected, dtype=self._input["dtype"])
 
+    def _check_lesion(self, card: ModelCard) -> None:
+        """model.json and the file agree on the lesion output: both have it, with one
+        shape, or neither has it."""
+        name = self.model_path.name
+        shape = None if self._lesion is None else [int(v) for v in self._lesion["shape"]]
+        if card.lesion is not None and shape is None:
+            raise ModelLoadError(f"model.json says the model has a lesion map {list(card.lesion.shape)}, but {name} "
+                                 "has no such output (a [1, h, w, 1] output)")
+        if card.lesion is None and shape is not None:
+            raise ModelLoadError(f"{name} has a lesion map output {shape}, but model.json (format_version "
+                                 f"{card.format_version}) does not describe it (no lesion field, or null): re-export "
+                                 "the model with this version")
+        if card.lesion is not None and shape != list(card.lesion.shape):
+            raise ModelLoadError(f"{name}'s lesion map has shape {shape}, model.json says {list(card.lesion.shape)}")
+        if card.lesion is not None and card.lesion.stride != MAP_STRIDE:
+            raise ModelLoadError(f"model.json's lesion map has stride {card.lesion.stride}; this version serves lesion "
+                                 f"maps of stride {MAP_STRIDE} (one cell per {MAP_STRIDE} x {MAP_STRIDE} input pixels)")
+
     @property
     def has_maps(self) -> bool:
-        """Whether the model's second output holds the class activation maps."""
+        """Whether the model has the class activation maps output (explain)."""
         return self._maps is not None
+
+    @property
+    def has_lesion(self) -> bool:
+        """Whether the model file has the lesion map output (raw_all returns it)."""
+        return self._lesion is not None
+
+    @property
+    def lesion_threshold(self) -> float | None:
+        """model.json's lesion threshold; None without a card (``for_file``) or a lesion output."""
+        return self.card.lesion.threshold if self.card is not None and self.card.lesion is not None else None
+
+    @property
+    def segment_available(self) -> bool:
+        """Whether ``predict_bytes(..., segment=True)`` works: the lesion output and the
+        threshold model.json chose for it (a ``for_file`` predictor has no threshold)."""
+        return self.has_lesion and self.lesion_threshold is not None
 
     def _invoke(self, image: np.ndarray) -> None:
         self._buffer[0] = image
@@ -150,9 +210,8 @@ class Predictor:
         raw activation maps (see serving/explain.py)."""
         if self._maps is None:
             raise ExplainUnavailableError(f"{self.model_path.name} has no class-map output")
-        self._invoke(image)
-        maps = np.array(self.interpreter.get_tensor(self._maps["index"])[0], dtype=np.float64)
-        return self._probabilities(calibrated), maps
+        probabilities, maps, _ = self._run(image, calibrated, maps=True)
+        return probabilities, maps
 
     def raw_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(uncalibrated probabilities, class maps), one row per preprocessed image."""
@@ -160,6 +219,38 @@ class Predictor:
         if not pairs:
             return np.zeros((0, len(self.classes))), np.zeros((0, 1, 1, len(self.classes)))
         return np.stack([p for p, _ in pairs]), np.stack([m for _, m in pairs])
+
+    def raw_all(self, images: np.ndarray) -> dict:
+        """Every output, uncalibrated, one invoke per preprocessed uint8 image:
+        ``{"probabilities": (N, classes), "class_maps": (N, h, w, classes) or None,
+        "lesion": (N, h, w) probabilities or None}`` (None: the model has no such output)."""
+        n_classes = len(self.classes)
+        probabilities, maps, lesion = [], [], []
+        for image in images:
+            p, m, g = self._run(image, calibrated=False, maps=self.has_maps, lesion=self.has_lesion)
+            probabilities.append(p)
+            maps.append(m)
+            lesion.append(g)
+
+        def stacked(rows, detail):
+            if detail is None:
+                return None
+            return np.stack(rows) if rows else np.zeros((0, *detail))
+
+        return {
+            "probabilities": np.stack(probabilities) if probabilities else np.zeros((0, n_classes)),
+            "class_maps": stacked(maps, None if self._maps is None else (*self._maps["shape"][1:3], n_classes)),
+            "lesion": stacked(lesion, None if self._lesion is None else tuple(self._lesion["shape"][1:3])),
+        }
+
+    def _run(self, image: np.ndarray, calibrated: bool = True, maps: bool = False,
+             lesion: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(probabilities, class maps (h, w, classes) or None, lesion map (h, w) or None)
+        from one invoke."""
+        self._invoke(image)
+        class_maps = np.array(self.interpreter.get_tensor(self._maps["index"])[0], dtype=np.float64) if maps else None
+        grid = np.array(self.interpreter.get_tensor(self._lesion["index"])[0, ..., 0], dtype=np.float64) if lesion else None
+        return self._probabilities(calibrated), class_maps, grid
 
     def _probabilities(self, calibrated: bool) -> np.ndarray:
         raw = np.array(self.interpreter.get_tensor(self._output["index"])[0], dtype=np.float64)
@@ -174,14 +265,19 @@ class Predictor:
             return np.zeros((0, len(self.classes)))
         return np.stack([self.predict_array(image, calibrated=False) for image in images])
 
-    def predict_bytes(self, data: bytes, explain: bool = False) -> dict:
-        """Prediction for image bytes: the answer the API returns for one image; with
-        ``explain``, the predicted class's activation map and an overlay PNG as well."""
-        image = decode_image(data, self.image_size)
-        if explain:
-            probabilities, maps = self.predict_with_maps(image)
-        else:
-            probabilities = self.predict_array(image)
+    def predict_bytes(self, data: bytes | Intake, explain: bool = False, segment: bool = False) -> dict:
+        """Prediction for image bytes (or what ``inspect_image`` made of them): the answer
+        the API returns for one image; with ``explain``, the predicted class's activation
+        map and an overlay PNG as well; with ``segment``, the ``lesion`` object (outline,
+        area, mask in the uploaded image's own upright pixels: serving/lesion.py). One
+        invoke either way."""
+        if explain and self._maps is None:
+            raise ExplainUnavailableError(f"{self.model_path.name} has no class-map output")
+        if segment and not self.segment_available:
+            raise SegmentUnavailableError(f"{self.model_path.name} has no lesion output with a model.json threshold")
+        intake = inspect_image(data)  # an Intake is returned as it is: inspected once
+        image = decode_image(intake, self.image_size)  # decoded once
+        probabilities, maps, grid = self._run(image, maps=explain, lesion=segment)
         index = int(np.argmax(probabilities))
         answer = {
             "prediction": self.classes[index],
@@ -191,4 +287,7 @@ class Predictor:
             from .explain import explanation
 
             answer["explanation"] = explanation(maps, index, self.classes, image)
+        if segment:
+            width, height = upright_size(intake)
+            answer["lesion"] = lesion_answer(grid, self.lesion_threshold, width, height, self.image_size)
         return answer

@@ -108,9 +108,130 @@ def cross_validate(config: TrainConfig, command: str, progress: bool = True, ver
     for fold_config in configs:
         print(f"=== fold {fold_config.fold + 1}/{config.folds} -> {fold_config.out_dir}", flush=True)
         runs.append(train(fold_config, progress=progress, verbose=verbose))
-    result = {"command": command, "folds_k": config.folds, "training": config.to_dict(), **aggregate(runs)}
+    return write_report(config, command, runs)
+
+
+def write_report(config: TrainConfig, command: str, runs: list[dict]) -> dict:
+    """crossval.json and crossval.md of the folds in ``runs`` into ``config.out_dir``;
+    returns crossval.json's content."""
+    result = {"command": command, "folds_k": config.folds, "training": config.to_dict(), **aggregate(runs),
+              **_segmentation(runs)}
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "crossval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "crossval.md").write_text(markdown(result, config, command))
     return result
+
+
+def _segmentation(runs: list[dict]) -> dict:
+    """Multitask folds: the mean and spread of the served file's Dice and IoU on the
+    test folds' lesion images and of its false-lesion rate on their normal images."""
+    lesion = [run.get("lesion") for run in runs]
+    if not lesion or not all(lesion):
+        return {}
+
+    def value(entry: dict, key: str, part: str):
+        item = (entry.get("metrics") or {}).get(key) or {}
+        return (item.get(part) or {}).get("mean") if part else item.get("mean")
+
+    return {"segmentation": {
+        "dice": summarise([value(e, "dice", "all") for e in lesion]),
+        "iou": summarise([value(e, "iou", "all") for e in lesion]),
+        "normal_found_rate": summarise([value(e, "normal_found_rate", "") for e in lesion]),
+    }}
+
+
+COMPARED = ("macro_f1", "balanced_accuracy", "macro_auc", "malignant_sensitivity_at_90_specificity")
+TASK_ORDER = ("classify", "multitask")
+
+
+def paired_difference(a: list[float | None], b: list[float | None]) -> dict:
+    """Mean, sd, min and max over the folds of ``b - a`` (folds where both are defined),
+    and how many folds ``b`` is ahead."""
+    diffs = [y - x for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    return {**summarise(diffs), "ahead": sum(d > 0 for d in diffs)}
+
+
+def compare(results: dict[str, dict]) -> dict:
+    """compare.json's content from each task's crossval result: per metric the served
+    model's mean and spread for each task and the paired per-fold difference
+    (multitask - classify); the multitask folds' segmentation figures beside them."""
+    served = {task: {m: [f["served"][m] for f in results[task]["folds"]] for m in COMPARED} for task in TASK_ORDER}
+    return {
+        "tasks": {task: {m: results[task]["served"][m] for m in COMPARED} for task in TASK_ORDER},
+        "multitask_minus_classify": {m: paired_difference(served["classify"][m], served["multitask"][m])
+                                     for m in COMPARED},
+        "folds": {task: served[task] for task in TASK_ORDER},
+        "segmentation": results["multitask"].get("segmentation"),
+    }
+
+
+def compare_markdown(comparison: dict, config: TrainConfig, command: str) -> str:
+    done = comparison.get("folds_done", config.folds)
+
+    def cell(s: dict) -> str:
+        if s["mean"] is None:
+            return "n/a"
+        return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f} (one fold)"
+
+    lines = [
+        f"# classify vs multitask: grouped {config.folds}-fold cross-validation",
+        "",
+        f"Command: `{command}`",
+        "",
+        *([f"**{done} of {config.folds} folds done** (a partial run: the figures are of those folds only).", ""]
+          if done < config.folds else []),
+        f"The same folds, seeds and settings for both tasks ({config.image_size} px, weights `{config.weights}`, "
+        f"{config.epochs_head} + {config.epochs_fine_tune} epochs, --seg-weight {config.seg_weight:g} for "
+        "multitask); the served model of each fold on its test fold. Mean ± sd over the folds; the difference is "
+        "paired (multitask - classify, fold by fold).",
+        "",
+        "| metric | classify | multitask | multitask - classify | folds multitask ahead |",
+        "|---|---|---|---|---|",
+    ]
+    for m in COMPARED:
+        d = comparison["multitask_minus_classify"][m]
+        diff = ("n/a" if d["mean"] is None else f"{d['mean']:+.3f} ± {d['sd']:.3f}" if d["n"] > 1
+                else f"{d['mean']:+.3f} (one fold)")
+        lines.append(f"| {LABELS[m]} | {cell(comparison['tasks']['classify'][m])} | "
+                     f"{cell(comparison['tasks']['multitask'][m])} | {diff} | {d['ahead']} of {d['n']} |")
+    d = comparison["multitask_minus_classify"]["macro_f1"]
+    if d["mean"] is not None and d["n"] > 1:
+        verdict = ("multitask is ahead on macro-F1 in every fold" if d["ahead"] == d["n"] else
+                   f"multitask does not help macro-F1 consistently here: ahead in {d['ahead']} of {d['n']} folds, "
+                   f"mean difference {d['mean']:+.3f} ± {d['sd']:.3f}")
+        lines += ["", verdict + "."]
+    seg = comparison.get("segmentation") or {}
+    if seg.get("dice", {}).get("mean") is not None:
+        lines += ["", f"The multitask folds' served files on their test folds: lesion Dice {cell(seg['dice'])}, IoU "
+                      f"{cell(seg['iou'])}; normal images with a lesion found {cell(seg['normal_found_rate'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def compare_tasks(config: TrainConfig, command: str, progress: bool = True, verbose: bool = False,
+                  train=None) -> dict:
+    """Cross-validate ``--task classify`` and ``--task multitask`` with otherwise the same
+    settings into OUT/classify/fold-K and OUT/multitask/fold-K, fold by fold (both tasks
+    of a fold before the next fold), and write OUT/compare.json and OUT/compare.md after
+    each fold: a run stopped early leaves the paired comparison of the folds it finished.
+    Returns compare.json's content."""
+    if train is None:
+        from busi_classifier.training.loop import train
+    out = Path(config.out_dir)
+    configs = {task: fold_configs(dataclasses.replace(config, task=task, out_dir=str(out / task)))
+               for task in TASK_ORDER}
+    runs: dict[str, list] = {task: [] for task in TASK_ORDER}
+    comparison: dict = {}
+    for k in range(config.folds):
+        for task in TASK_ORDER:
+            fold_config = configs[task][k]
+            print(f"=== fold {k + 1}/{config.folds}, task {task} -> {fold_config.out_dir}", flush=True)
+            runs[task].append(train(fold_config, progress=progress, verbose=verbose))
+        results = {task: write_report(dataclasses.replace(config, task=task, out_dir=str(out / task)),
+                                      f"{command} (task {task})", runs[task]) for task in TASK_ORDER}
+        comparison = {"command": command, "folds_k": config.folds, "folds_done": k + 1,
+                      "training": config.to_dict(), **compare(results)}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(json.dumps(comparison, indent=2) + "\n")
+        (out / "compare.md").write_text(compare_markdown(comparison, config, command))
+    return comparison

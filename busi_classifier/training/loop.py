@@ -75,6 +75,53 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
     return ds.prefetch(2)
 
 
+def make_multitask_dataset(x: np.ndarray, y: np.ndarray, masks: np.ndarray, known: np.ndarray, batch_size: int,
+                           shuffle: bool, seed: int, augmenter=None, weights: dict | None = None):
+    """tf.data pipeline of the multitask model: (images, {"probabilities": one-hot,
+    "lesion": the mask at the lesion map's resolution}, per-output sample weights).
+
+    The mask (N, size, size, 0/1) is augmented with its image (``Augmenter.pair``), then
+    averaged over LESION_STRIDE x LESION_STRIDE pixels: each map cell's target is the
+    share of it the lesion covers. Sample weights: the class weights for the
+    probabilities (Keras' ``class_weight`` does not take several outputs), ``known``
+    (0 for a lesion image without a mask file: its map is not trained) for the lesion."""
+    import tensorflow as tf
+
+    from busi_classifier.training.model import LESION_OUTPUT, LESION_STRIDE
+
+    class_w = np.ones(len(y), dtype="float32") if weights is None else np.array([weights[int(c)] for c in y],
+                                                                                 dtype="float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, masks, np.eye(len(CLASSES), dtype="float32")[y], class_w,
+                                             known.astype("float32")))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+
+    def to_model(a, m, b, w, k):
+        a = tf.cast(a, tf.float32)
+        m = tf.cast(m, tf.float32)[..., None]
+        if augmenter is not None:
+            a, m = augmenter.pair(a, m)
+        m = tf.nn.avg_pool2d(m, LESION_STRIDE, LESION_STRIDE, "VALID")
+        return a, {"probabilities": b, LESION_OUTPUT: m}, {"probabilities": w, LESION_OUTPUT: k}
+
+    return ds.batch(batch_size).map(to_model).prefetch(2)
+
+
+def lesion_loss(y_true, y_pred):
+    """Per image: binary cross-entropy averaged over the map's cells + soft Dice loss
+    (1 - (2 |P.G| + 1) / (|P| + |G| + 1), in map cells; an image without a lesion is
+    pushed towards an empty map)."""
+    import keras
+
+    ops = keras.ops
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=(1, 2))
+    overlap = ops.sum(y_true * y_pred, axis=(1, 2, 3))
+    dice = 1.0 - (2.0 * overlap + 1.0) / (ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(y_pred, axis=(1, 2, 3)) + 1.0)
+    return bce + dice
+
+
 # --- callbacks, losses, optimizers ------------------------------------------------------
 
 
@@ -134,17 +181,43 @@ def make_optimizer(config: TrainConfig, learning_rate: float, steps_per_epoch: i
 
 
 def compile_model(model, config: TrainConfig, learning_rate: float, steps_per_epoch: int, epochs: int) -> None:
+    """Compile for one phase; a multitask model gets the lesion loss beside the
+    classification loss, weighted by ``--seg-weight``."""
     import keras
 
-    model.compile(
-        optimizer=make_optimizer(config, learning_rate, steps_per_epoch, epochs),
-        loss=make_loss(config),
-        metrics=[
-            "accuracy",
-            keras.metrics.F1Score(average="macro", name="macro_f1"),
-            keras.metrics.AUC(multi_label=True, num_labels=len(CLASSES), name="macro_auc"),
-        ],
-    )
+    from busi_classifier.training.model import LESION_OUTPUT, has_lesion
+
+    metrics = [
+        "accuracy",
+        keras.metrics.F1Score(average="macro", name="macro_f1"),
+        keras.metrics.AUC(multi_label=True, num_labels=len(CLASSES), name="macro_auc"),
+    ]
+    optimizer = make_optimizer(config, learning_rate, steps_per_epoch, epochs)
+    if has_lesion(model):
+        model.compile(optimizer=optimizer, loss={"probabilities": make_loss(config), LESION_OUTPUT: lesion_loss},
+                      loss_weights={"probabilities": 1.0, LESION_OUTPUT: config.seg_weight},
+                      metrics={"probabilities": metrics})
+    else:
+        model.compile(optimizer=optimizer, loss=make_loss(config), metrics=metrics)
+
+
+def plain_metric_names():
+    """A callback that gives a multitask model's classification metrics their plain
+    names (``val_probabilities_macro_f1`` -> ``val_macro_f1``), first in the list, so
+    the kept epoch, early stopping, the schedule and history.json read the same keys
+    for both tasks."""
+    import keras
+
+    class PlainMetricNames(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is None:
+                return
+            for key in list(logs):
+                for prefix in ("probabilities_", "val_probabilities_"):
+                    if key.startswith(prefix) and not key.endswith("_loss"):
+                        logs[prefix.replace("probabilities_", "") + key[len(prefix):]] = logs.pop(key)
+
+    return PlainMetricNames()
 
 
 def phase_callbacks(config: TrainConfig, learning_rate: float) -> list:
@@ -209,6 +282,8 @@ class PreparedData:
     counts: dict
     x: dict[str, np.ndarray]  # split name -> uint8 images (N, size, size, 3)
     y: dict[str, np.ndarray]  # split name -> class indices
+    masks: dict[str, np.ndarray] | None = None  # multitask: split -> uint8 (N, size, size) union of the lesion masks
+    known: dict[str, np.ndarray] | None = None  # multitask: split -> 1 where the mask is the truth (0: lesion, no file)
 
 
 @dataclass
@@ -221,6 +296,8 @@ class Evaluation:
     test_metrics: dict
     val_metrics: dict
     calibration: dict
+    lesion_threshold: float | None = None  # multitask: chosen on the validation split's lesion maps
+    lesion_threshold_rule: str | None = None
 
 
 class PhaseRunner:
@@ -248,9 +325,11 @@ class PhaseRunner:
         with self.strategy.scope():
             compile_model(model, config, learning_rate, self.steps, epochs)
         t0 = time.perf_counter()
-        h = model.fit(train_data, validation_data=val_data, epochs=epochs, class_weight=self.weights,
-                      callbacks=[self.best, *phase_callbacks(config, learning_rate)], shuffle=False,
-                      verbose=self.verbose)
+        multitask = isinstance(model.output, dict)  # the weights ride in the dataset
+        h = model.fit(train_data, validation_data=val_data, epochs=epochs,
+                      class_weight=None if multitask else self.weights,
+                      callbacks=[plain_metric_names(), self.best, *phase_callbacks(config, learning_rate)],
+                      shuffle=False, verbose=self.verbose)
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
         for key, values in h.history.items():
             self.history.setdefault(key, []).extend(float(v) for v in values)
@@ -276,7 +355,32 @@ def prepare_data(config: TrainConfig, progress: bool) -> PreparedData:
                           "--val-fraction / --test-fraction)")
     x = {name: load_images(split[name], config.image_size, progress) for name in SPLITS}
     y = {name: np.array([s.label_index for s in split[name]], dtype=np.int64) for name in SPLITS}
-    return PreparedData(root, samples, result, counts, x, y)
+    if config.task != "multitask":
+        return PreparedData(root, samples, result, counts, x, y)
+    masks, known = {}, {}
+    for name in SPLITS:
+        masks[name], known[name] = load_masks(split[name], config.image_size)
+    missing = sum(int((1 - k).sum()) for k in known.values())
+    print(f"lesion masks: {sum(int(m.any(axis=(1, 2)).sum()) for m in masks.values())} images with a lesion"
+          + (f", {missing} lesion image(s) without a mask (their map is not trained)" if missing else ""), flush=True)
+    return PreparedData(root, samples, result, counts, x, y, masks, known)
+
+
+def load_masks(samples, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (N, size, size) masks, float (N,) known): the union of each image's mask
+    files letterboxed like its image (``mask_for_input``); a normal image's mask is
+    empty and known; a benign or malignant image whose masks are missing or empty is not
+    known (its lesion loss is weighted 0)."""
+    from busi_classifier.evaluation.localisation import mask_for_input
+
+    masks = np.zeros((len(samples), size, size), dtype=np.uint8)
+    known = np.zeros(len(samples), dtype=np.float32)
+    for i, sample in enumerate(samples):
+        mask = mask_for_input(sample.masks, size) if sample.masks else None
+        if mask is not None:
+            masks[i] = mask
+        known[i] = 1.0 if (mask is not None or sample.label == CLASSES[0]) else 0.0
+    return masks, known
 
 
 def train_head(runner: PhaseRunner, model, data: PreparedData, augmenter, train_ds, val_ds) -> None:
@@ -293,7 +397,7 @@ def train_head(runner: PhaseRunner, model, data: PreparedData, augmenter, train_
     config = runner.config
     if not config.epochs_head:
         return
-    if not config.cache_features:
+    if not config.uses_cached_features():
         runner.fit(model, train_ds, val_ds, config.epochs_head, config.lr_head, "1-head")
         return
     x, y = data.x, data.y
@@ -348,9 +452,17 @@ def train_model(config: TrainConfig, data: PreparedData, strategy, progress: boo
 
     x, y = data.x, data.y
     augmenter = build_augmenter(tuple(config.augment), config.seed)
-    train_ds = make_dataset(x["train"], y["train"], config.batch_size, True, config.seed, augmenter)
-    val_ds = make_dataset(x["val"], y["val"], config.batch_size, False, config.seed)
     weights = class_weights(y["train"]) if config.class_weights else None
+    if config.task == "multitask":
+        if data.masks is None:
+            raise ConfigError("--task multitask: the prepared data has no masks")
+        train_ds = make_multitask_dataset(x["train"], y["train"], data.masks["train"], data.known["train"],
+                                          config.batch_size, True, config.seed, augmenter, weights)
+        val_ds = make_multitask_dataset(x["val"], y["val"], data.masks["val"], data.known["val"], config.batch_size,
+                                        False, config.seed)
+    else:
+        train_ds = make_dataset(x["train"], y["train"], config.batch_size, True, config.seed, augmenter)
+        val_ds = make_dataset(x["val"], y["val"], config.batch_size, False, config.seed)
     steps = max(1, -(-len(x["train"]) // config.batch_size))
     with strategy.scope():
         model, base = build_model(config)
@@ -382,9 +494,16 @@ def evaluate_and_calibrate(model, data: PreparedData, config: TrainConfig, best_
     from busi_classifier.evaluation.metrics import evaluate_predictions, fit_temperature, point_metrics
 
     x, y = data.x, data.y
+    lesion_val = None
 
     def predict(name: str) -> np.ndarray:
-        return model.predict(make_dataset(x[name], y[name], config.batch_size, False, config.seed), verbose=0)
+        nonlocal lesion_val
+        out = model.predict(make_dataset(x[name], y[name], config.batch_size, False, config.seed), verbose=0)
+        if isinstance(out, dict):  # multitask
+            if name == "val":
+                lesion_val = np.asarray(out["lesion"], dtype=np.float64)[..., 0]
+            return out["probabilities"]
+        return out
 
     p_val, p_test = predict("val"), predict("test")
     if len(y["val"]) >= MIN_CALIBRATION_IMAGES:
@@ -405,7 +524,18 @@ def evaluate_and_calibrate(model, data: PreparedData, config: TrainConfig, best_
         "val_nll_before": val_metrics["nll"],
         "val_nll_after": point_metrics(y["val"], apply_temperature(p_val, temperature))["nll"],
     }
-    return Evaluation(p_val, p_test, temperature, test_metrics, val_metrics, calibration)
+    evaluation = Evaluation(p_val, p_test, temperature, test_metrics, val_metrics, calibration)
+    if lesion_val is not None:
+        from busi_classifier.evaluation.localisation import mask_for_input
+        from busi_classifier.evaluation.segmentation import choose_threshold
+
+        val_masks = [mask_for_input(s.masks, config.image_size) if s.masks else None
+                     for s in data.result.splits["val"]]
+        known = data.known["val"] > 0
+        evaluation.lesion_threshold, evaluation.lesion_threshold_rule = choose_threshold(
+            lesion_val[known], [m for m, k in zip(val_masks, known, strict=True) if k], config.image_size)
+        print(f"lesion threshold {evaluation.lesion_threshold:g} ({evaluation.lesion_threshold_rule})", flush=True)
+    return evaluation
 
 
 def test_groups(data: PreparedData) -> list | None:
@@ -417,11 +547,12 @@ def test_groups(data: PreparedData) -> list | None:
     return [groups.get(s.path, f"image:{s.path}") for s in data.result.splits["test"]]
 
 
-def gate_evidence(model, data: PreparedData, config: TrainConfig):
+def gate_evidence(model, data: PreparedData, config: TrainConfig, lesion_threshold: float | None = None):
     """The images the TFLite variants are checked against the Keras model on: every
     train and validation image and one augmented view of each (all transforms), at most
     GATE_MAX_IMAGES of them; never a test image. ``model``: the served graph
-    (``explain_model``: probabilities and class maps). Returns a ``GateEvidence``."""
+    (``explain_model``: probabilities and class maps, and the lesion map of a multitask
+    model, compared at ``lesion_threshold``). Returns a ``GateEvidence``."""
     from busi_classifier.config import AUGMENTATIONS
     from busi_classifier.evaluation.served import GateEvidence
     from busi_classifier.training.augmentation import build_augmenter
@@ -441,13 +572,16 @@ def gate_evidence(model, data: PreparedData, config: TrainConfig):
     outputs = model.predict(images.astype("float32"), batch_size=config.batch_size, verbose=0)
     description = (f"train+val: {len(images)} images (each image and one augmented view, at most "
                    f"{GATE_MAX_IMAGES}); no test image")
+    lesion = outputs.get("lesion")
     return GateEvidence(images, labels, np.asarray(outputs["probabilities"], dtype=np.float64),
-                        np.asarray(outputs[CAM_OUTPUT], dtype=np.float64), description)
+                        np.asarray(outputs[CAM_OUTPUT], dtype=np.float64), description,
+                        reference_lesion=None if lesion is None else np.asarray(lesion, dtype=np.float64)[..., 0],
+                        lesion_threshold=lesion_threshold if lesion is not None else None)
 
 
 def export_model(model, out_dir: Path, config: TrainConfig, dataset_info: dict, calibration: dict | None = None,
                  representative: np.ndarray | None = None, gate=None, test=None, progress: bool = True,
-                 verbose: bool = False) -> tuple[dict, object]:
+                 verbose: bool = False, lesion_threshold: tuple[float, str] | None = None) -> tuple[dict, object]:
     """Write model.keras, every TFLite variant and model.json into ``out_dir``; return
     (the metadata, the served variant's test score or None). Export converts and writes
     the card; evaluation measures the files (busi_classifier.evaluation.served).
@@ -469,26 +603,44 @@ def export_model(model, out_dir: Path, config: TrainConfig, dataset_info: dict, 
             model's beside them.
         progress: progress bar over the variants.
         verbose: show the TFLite converter's and LiteRT's own output.
+        lesion_threshold: (threshold, rule) of a multitask model's lesion map, chosen on
+            the validation split (0.5 and a rule saying so when None).
 
     Returns:
         (model.json's content, the served variant's ``ServedScore`` or None without ``test``).
     """
     from busi_classifier.evaluation.served import card_metrics, gate_variants, score_served
     from busi_classifier.export.tflite import write_card, write_model_files
-    from busi_classifier.training.model import CAM_OUTPUT, explain_model, inference_copy
+    from busi_classifier.training.model import (
+        CAM_OUTPUT,
+        LESION_OUTPUT,
+        LESION_STRIDE,
+        explain_model,
+        has_lesion,
+        inference_copy,
+    )
 
-    served_graph = explain_model(model)  # + the class maps, as a second output of every variant
+    served_graph = explain_model(model)  # + the class maps (and the lesion map) as outputs of every variant
     map_shape = [1, *[int(d) for d in served_graph.get_layer(CAM_OUTPUT).output.shape[1:]]]
+    lesion = None
+    if has_lesion(model):
+        threshold, rule = lesion_threshold or (0.5, "0.5: no validation lesion maps were given to choose it on")
+        lesion = {"output": LESION_OUTPUT, "shape": [1, *[int(d) for d in model.get_layer(LESION_OUTPUT).output.shape[1:]]],
+                  "stride": LESION_STRIDE, "activation": "sigmoid", "threshold": float(threshold),
+                  "threshold_rule": rule, "metrics": {}}
     # model.keras uncompiled: no optimizer state in the file
     files = write_model_files(inference_copy(model), served_graph, out_dir, config.variants, representative,
                               progress, verbose)
     default, reason, evidence_split = gate_variants(out_dir, files, gate, config.image_size, verbose)
     score = None
     if test is not None:
-        score = score_served(out_dir / files[default]["file"], default, test, config.image_size, verbose)
+        score = score_served(out_dir / files[default]["file"], default, test, config.image_size, verbose,
+                             lesion_threshold=lesion["threshold"] if lesion else None)
+        if lesion is not None and "segmentation" in score.metrics:
+            lesion["metrics"] = score.metrics["segmentation"]
     meta = write_card(out_dir, config, dataset_info, files, default, reason, evidence_split,
                       {"output": CAM_OUTPUT, "shape": map_shape}, calibration,
-                      card_metrics(score, test.keras_metrics) if score is not None else {})
+                      card_metrics(score, test.keras_metrics) if score is not None else {}, lesion=lesion)
     return meta, score
 
 
@@ -538,12 +690,14 @@ def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluatio
     # model.json carries what serving applies; the fit's details stay in metrics.json
     card_calibration = {"method": "temperature" if evaluation.temperature != 1.0 else "none",
                         "temperature": evaluation.temperature}
-    gate = gate_evidence(explain_model(export_source), data, config)
+    gate = gate_evidence(explain_model(export_source), data, config, evaluation.lesion_threshold)
     masks = [mask_for_input(s.masks, config.image_size) for s in data.result.splits["test"]]
     test = TestSet(x["test"], y["test"], test_groups(data), evaluation.test_metrics, masks, evaluation.temperature,
                    config.bootstrap_resamples, config.seed)
     meta, served = export_model(export_source, Path(config.out_dir), config, dataset_info, card_calibration,
-                                representative, gate, test, progress, verbose=verbose)
+                                representative, gate, test, progress, verbose=verbose,
+                                lesion_threshold=None if evaluation.lesion_threshold is None else
+                                (evaluation.lesion_threshold, evaluation.lesion_threshold_rule))
     print(f"default variant: {meta['default_variant']} ({meta['default_variant_reason']})", flush=True)
     return meta, served
 
@@ -575,6 +729,14 @@ def write_reports(config: TrainConfig, data: PreparedData, evaluation: Evaluatio
                             groups=test_groups(data))
     if cam is not None:
         figures["class activation maps"] = cam
+    if getattr(served, "lesion", None) is not None and meta.get("lesion"):
+        from busi_classifier.evaluation.segmentation import segmentation_figure
+
+        outlines = segmentation_figure(data.x["test"], served.lesion, served.masks, data.y["test"],
+                                       meta["lesion"]["threshold"], figures_dir / "lesion_examples.png",
+                                       f"test split, {served.file}", groups=test_groups(data))
+        if outlines is not None:
+            figures["lesion outlines"] = outlines
     write_json(out_dir / "metrics.json", {
         "model_version": meta["model_version"],
         "served": {"variant": served.variant, "file": served.file, "test": served.metrics},
@@ -599,7 +761,7 @@ def train(config: TrainConfig, progress: bool = True, verbose: bool = False) -> 
         model.json's content, plus ``wall_time_s``.
     """
     started = time.time()
-    preflight(config)  # settings, dataset layout, weights: before any hashing or TensorFlow
+    _, config = preflight(config)  # settings, dataset layout, task, weights: before any hashing or TensorFlow
     data = prepare_data(config, progress)
     strategy = configure_runtime(config)
     model, runner = train_model(config, data, strategy, progress)

@@ -16,9 +16,16 @@ from busi_classifier.serving.constants import CLASSES
 from busi_classifier.training.preflight import WEIGHTS_FILE_HINT, WeightsError, imagenet_unavailable
 
 __all__ = ["ResNet50Preprocess", "WeightsError", "build_base", "build_model", "freeze_base", "load_keras_model",
-           "unfreeze_top", "inference_copy", "explain_model", "CAM_OUTPUT"]
+           "unfreeze_top", "inference_copy", "explain_model", "CAM_OUTPUT", "LESION_OUTPUT", "PYRAMID_LAYERS",
+           "multiply_adds"]
 
 RANDOM_INIT_BN_MOMENTUM = 0.9
+LESION_OUTPUT = "lesion"
+# The feature pyramid the lesion decoder reads: the last block of each ResNet50 stage,
+# strides 4, 8, 16, 32 of the input (256, 512, 1024, 2048 channels).
+PYRAMID_LAYERS = ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
+DECODER_CHANNELS = 64
+LESION_STRIDE = 4
 
 
 def is_pretrained(weights: str) -> bool:
@@ -59,15 +66,62 @@ def build_base(weights: str, image_size: int) -> keras.Model:
 
 def build_model(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
     """(model, base). With pretrained weights the base runs in inference mode (its
-    BatchNorm statistics are kept even when layers are unfrozen for fine-tuning)."""
+    BatchNorm statistics are kept even when layers are unfrozen for fine-tuning).
+
+    ``config.task`` "multitask": the model's outputs are a dict, the probabilities and
+    the lesion map (``lesion_decoder``); otherwise the probabilities alone."""
     base = build_base(config.weights, config.image_size)
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
     x = ResNet50Preprocess(name="resnet50_preprocess")(inputs)
-    x = base(x, training=False) if is_pretrained(config.weights) else base(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    multitask = config.task == "multitask"
+    if multitask:  # the same base, returning its pyramid as well
+        base = keras.Model(base.inputs, [base.get_layer(n).output for n in PYRAMID_LAYERS], name="resnet50")
+    features = base(x, training=False) if is_pretrained(config.weights) else base(x)
+    top = features[-1] if multitask else features
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(top)
     x = layers.Dropout(config.dropout, name="dropout")(x)
     outputs = layers.Dense(len(CLASSES), activation="softmax", name="probabilities", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="busi_resnet50"), base
+    if not multitask:
+        return keras.Model(inputs, outputs, name="busi_resnet50"), base
+    lesion = lesion_decoder(features)
+    return keras.Model(inputs, {"probabilities": outputs, LESION_OUTPUT: lesion}, name="busi_resnet50_multitask"), base
+
+
+def lesion_decoder(pyramid) -> keras.KerasTensor:
+    """A light FPN-style decoder: each pyramid level projected to DECODER_CHANNELS by a
+    1x1 convolution, merged top-down (bilinear x2 upsampling and addition) down to
+    stride 4, one 3x3 convolution, then a 1x1 convolution to the lesion probability
+    (sigmoid) at a quarter of the input side (56 x 56 at 224 px)."""
+    merged = None
+    for level, feature in reversed(list(enumerate(pyramid, start=2))):
+        lateral = layers.Conv2D(DECODER_CHANNELS, 1, name=f"lesion_lateral{level}")(feature)
+        if merged is not None:
+            lateral = layers.Add(name=f"lesion_merge{level}")(
+                [lateral, layers.UpSampling2D(2, interpolation="bilinear", name=f"lesion_up{level}")(merged)])
+        merged = lateral
+    x = layers.Conv2D(DECODER_CHANNELS, 3, padding="same", activation="relu", name="lesion_conv")(merged)
+    return layers.Conv2D(1, 1, activation="sigmoid", name=LESION_OUTPUT, dtype="float32")(x)
+
+
+def multiply_adds(model: keras.Model, prefix: str | None = None) -> int:
+    """Multiply-adds of one image through the model's convolutions and dense layers
+    (nested models included), optionally only of the layers whose name starts with
+    ``prefix``: k_h * k_w * c_in / groups * c_out per output position."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += multiply_adds(layer, prefix)
+            continue
+        if prefix is not None and not layer.name.startswith(prefix):
+            continue
+        if isinstance(layer, layers.Conv2D):
+            out = layer.output.shape
+            c_in = layer.input.shape[-1]
+            k_h, k_w = layer.kernel_size
+            total += int(out[1] * out[2] * out[3] * k_h * k_w * c_in // layer.groups)
+        elif isinstance(layer, layers.Dense):
+            total += int(layer.input.shape[-1] * layer.units)
+    return total
 
 
 def freeze_base(base: keras.Model) -> None:
@@ -101,7 +155,7 @@ def inference_copy(model: keras.Model) -> keras.Model:
     Returns:
         an uncompiled model sharing ``model``'s layers.
     """
-    return keras.Model(model.inputs, model.outputs, name=model.name)
+    return keras.Model(model.inputs, model.output, name=model.name)
 
 
 CAM_OUTPUT = "class_maps"
@@ -119,12 +173,20 @@ def explain_model(model: keras.Model) -> keras.Model:
             feeding a ``probabilities`` dense layer, as ``build_model`` makes.
 
     Returns:
-        an uncompiled two-output model (probabilities, class_maps) sharing ``model``'s layers.
+        an uncompiled model with the outputs {"probabilities", "class_maps"} (and
+        "lesion" where ``model`` has it) sharing ``model``'s layers.
     """
     features = model.get_layer("avg_pool").input
     kernel = keras.ops.convert_to_numpy(model.get_layer("probabilities").kernel)  # (channels, classes)
     cam = layers.Conv2D(kernel.shape[1], 1, use_bias=False, name=CAM_OUTPUT, dtype="float32")
     maps = cam(features)
     cam.set_weights([kernel.reshape(1, 1, *kernel.shape)])
-    return keras.Model(model.inputs, {"probabilities": model.outputs[0], CAM_OUTPUT: maps},
-                       name=f"{model.name}_explain")
+    outputs = {"probabilities": model.get_layer("probabilities").output, CAM_OUTPUT: maps}
+    if has_lesion(model):
+        outputs[LESION_OUTPUT] = model.get_layer(LESION_OUTPUT).output
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_explain")
+
+
+def has_lesion(model: keras.Model) -> bool:
+    """Whether ``model`` has the lesion decoder (``--task multitask``)."""
+    return any(layer.name == LESION_OUTPUT for layer in model.layers)

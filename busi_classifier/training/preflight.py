@@ -5,12 +5,13 @@ pretrained weights. No Keras, no TensorFlow here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from busi_classifier.config import TrainConfig
+from busi_classifier.config import ConfigError, TrainConfig
 from busi_classifier.data.dataset import DatasetError, find_dataset_root
 from busi_classifier.serving.constants import CLASSES
 
@@ -86,13 +87,39 @@ def check_dataset(data_dir: str) -> Path:
     return root
 
 
-def preflight(config: TrainConfig) -> Path:
-    """Everything cheap, in the order a user fixes things: settings, dataset, weights.
+def has_mask_files(root: Path) -> bool:
+    """Whether the dataset ships lesion masks (BUSI's ``<stem>_mask.png`` beside the images)."""
+    return any(path.is_file() for name in CLASSES for path in (root / name).glob("*_mask*"))
+
+
+def resolve_task(config: TrainConfig, root: Path) -> TrainConfig:
+    """``config`` with its task decided: multitask where the dataset has mask files, else
+    classify (said on the console); an explicit multitask on a folder without masks, or
+    a task the other settings cannot run, is a ConfigError."""
+    masks = has_mask_files(root)
+    task = config.task
+    if task is None:
+        task = "multitask" if masks else "classify"
+        if not masks:
+            print(f"task: classify (no mask files in {root}: the lesion decoder needs <image>_mask.png files)",
+                  flush=True)
+    elif task == "multitask" and not masks:
+        raise ConfigError(f"--task multitask needs lesion mask files (<image>_mask.png beside each image, as BUSI "
+                          f"ships them), and {root} has none (use --task classify)")
+    config.check_task(task)
+    resolved = dataclasses.replace(config, task=task)
+    return dataclasses.replace(resolved, cache_features=resolved.uses_cached_features())
+
+
+def preflight(config: TrainConfig) -> tuple[Path, TrainConfig]:
+    """Everything cheap, in the order a user fixes things: settings, dataset, task,
+    weights.
 
     Returns:
-        the dataset root.
+        (the dataset root, ``config`` with its task decided).
     """
     config.check()
     root = check_dataset(config.data_dir)
+    config = resolve_task(config, root)
     check_weights(config.weights)
-    return root
+    return root, config

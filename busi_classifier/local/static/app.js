@@ -1,5 +1,6 @@
 // The classifier page: reads an image, POSTs it as base64 JSON to <API>/predict with
-// "explain": true, shows the class, the probabilities and the heat map. No dependencies.
+// "explain": true (and "segment": true where /health says the model has a lesion map),
+// shows the class, the probabilities, the heat map and the lesion outline. No dependencies.
 // API: the page's own origin, or ?api=https://...; ?key=... is sent as x-api-key.
 "use strict";
 
@@ -12,6 +13,7 @@
   const DEFAULT_IMAGE_BYTES = 4400000;
   // The heat-map colours, low -> high: the ramp of busi_classifier/serving/explain.py ("inferno"-like)
   const RAMP = [[0, 0, 4], [66, 10, 104], [147, 38, 103], [221, 81, 58], [252, 165, 10], [252, 255, 164]];
+  const LESION_COLOUR = "rgb(255, 48, 48)"; // the lesion outline (test.py --segment-out draws the same red)
 
   const params = new URLSearchParams(location.search);
   const key = params.get("key") || "";
@@ -22,6 +24,7 @@
       "or add ?api=https://... (the API's address) to the page's address.";
   let classes = null; // from /health
   let explainAvailable = null; // true/false from /health; null: not known
+  let segmentAvailable = false; // /health's model.segment; asked only where it is true
   let imageBytes = DEFAULT_IMAGE_BYTES; // the API's limit on the image (limits.image_bytes of /health)
   let current = 0; // the latest request; older answers are dropped
   let pictureUrl = null;
@@ -100,6 +103,11 @@
       "and your connection, and that the API allows requests from this page (CORS).";
   }
 
+  function showSegmentNote(known) {
+    $("segment-available").textContent = segmentAvailable ? "available (the page asks for it)"
+      : known ? "not available for this model" : "not known (the page does not ask for it)";
+  }
+
   function showExplainNote() {
     $("explain-available").textContent = explainAvailable === true ? "available (the page asks for it)"
       : explainAvailable === false ? "not available for this model" : "not known (the page asks for it)";
@@ -123,6 +131,10 @@
       if (typeof res.body.model_version === "string") $("model-version").textContent = res.body.model_version;
       if (Array.isArray(res.body.classes)) classes = res.body.classes.filter((c) => typeof c === "string");
       if (typeof res.body.explain === "boolean") explainAvailable = res.body.explain;
+      const model = res.body.model;
+      const segmentKnown = Boolean(model && typeof model === "object" && typeof model.segment === "boolean");
+      segmentAvailable = segmentKnown && model.segment === true;
+      showSegmentNote(segmentKnown);
       const limits = res.body.limits;
       if (limits && typeof limits === "object" && Number.isInteger(limits.image_bytes) && limits.image_bytes > 0) {
         imageBytes = limits.image_bytes;
@@ -196,8 +208,10 @@
     });
   }
 
-  function postPredict(image, explain) {
-    const payload = explain ? { image, explain: true } : { image };
+  function postPredict(image, explain, segment) {
+    const payload = { image };
+    if (explain) payload.explain = true;
+    if (segment) payload.segment = true;
     return call(api + "/predict", { method: "POST", headers: headers(true), body: JSON.stringify(payload) });
   }
 
@@ -333,6 +347,75 @@
     note.hidden = false;
   }
 
+  // Where the upright image lands on the square canvas (as drawPicture draws it): the scale
+  // from the image's own pixels and the offset; null when the browser cannot show the image
+  function pictureGeometry(img) {
+    if (!img || !img.naturalWidth || !img.naturalHeight) return null;
+    const scale = SIDE / Math.max(img.naturalWidth, img.naturalHeight);
+    const w = Math.max(1, Math.round(img.naturalWidth * scale));
+    const h = Math.max(1, Math.round(img.naturalHeight * scale));
+    return { sx: w / img.naturalWidth, sy: h / img.naturalHeight, x: Math.floor((SIDE - w) / 2), y: Math.floor((SIDE - h) / 2) };
+  }
+
+  function validOutline(outline) {
+    return Array.isArray(outline) && outline.length >= 2 && outline.every((p) => Array.isArray(p) && p.length === 2 &&
+      p.every((v) => typeof v === "number" && isFinite(v)));
+  }
+
+  // The answer's lesion (outline in the uploaded image's own upright pixels), scaled onto
+  // the square view and drawn on its own canvas, over the image and the heat map
+  function drawLesion(outline, geometry) {
+    const canvas = $("lesion");
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, SIDE, SIDE);
+    const points = outline.map(([x, y]) => [geometry.x + x * geometry.sx, geometry.y + y * geometry.sy]);
+    ctx.beginPath();
+    points.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+    ctx.closePath();
+    ctx.lineJoin = "round";
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = LESION_COLOUR;
+    ctx.stroke();
+    canvas.dataset.outline = JSON.stringify(points.map(([x, y]) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10]));
+  }
+
+  function showLesion(answer, img, asked) {
+    const lesion = answer.lesion;
+    const canvas = $("lesion");
+    const controls = $("lesion-controls");
+    const toggle = $("lesion-toggle");
+    canvas.getContext("2d").clearRect(0, 0, SIDE, SIDE);
+    delete canvas.dataset.outline;
+    canvas.hidden = true;
+    if (!asked || !lesion || typeof lesion !== "object" || typeof lesion.found !== "boolean") {
+      controls.hidden = true;
+      return;
+    }
+    controls.hidden = false;
+    const threshold = typeof lesion.threshold === "number" ? ` (${lesion.threshold})` : "";
+    if (!lesion.found) {
+      $("lesion-area").textContent = "no lesion found";
+      $("lesion-caption").textContent = "No pixel of the image reaches the model's lesion threshold" + threshold + ".";
+      toggle.disabled = true;
+      return;
+    }
+    const regions = Number.isInteger(lesion.regions) && lesion.regions > 1
+      ? `, ${lesion.regions} regions (the outline is the largest's)` : "";
+    $("lesion-area").textContent = `lesion: ${percent(lesion.area_fraction)} of the image${regions}`;
+    const geometry = pictureGeometry(img);
+    if (!validOutline(lesion.outline) || !geometry) {
+      $("lesion-caption").textContent = geometry ? "The answer has no outline to draw."
+        : "The outline cannot be drawn: this browser cannot display the image.";
+      toggle.disabled = true;
+      return;
+    }
+    drawLesion(lesion.outline, geometry);
+    $("lesion-caption").textContent = "Outline of the largest region where the model's lesion map is at or above " +
+      `its threshold${threshold}, drawn in red over the image.`;
+    toggle.disabled = false;
+    canvas.hidden = !toggle.checked;
+  }
+
   async function classify(file) {
     const id = ++current;
     clearError();
@@ -363,14 +446,21 @@
     const picture = loadPicture(file);
     setState("busy", `Working... sending ${file.name} to the API`);
     let explain = explainAvailable !== false;
+    let segment = segmentAvailable;
     let res;
     try {
-      res = await postPredict(image, explain);
+      res = await postPredict(image, explain, segment);
       if (explain && res.status === 501 && errorCode(res) === "explain_unavailable") {
         explainAvailable = false; // an API whose /health did not say: ask again without explain
         showExplainNote();
         explain = false;
-        res = await postPredict(image, false);
+        res = await postPredict(image, false, segment);
+      }
+      if (segment && res.status === 501 && errorCode(res) === "segment_unavailable") {
+        segmentAvailable = false; // /health said it could: ask again without segment
+        showSegmentNote(true);
+        segment = false;
+        res = await postPredict(image, explain, false);
       }
     } catch (error) {
       if (id === current) fail(unreachable(error));
@@ -388,6 +478,7 @@
     $("view").hidden = false;
     drawPicture(img);
     showHeatmap(answer, explain);
+    showLesion(answer, img, segment);
     setState("done", `Done: ${answer.prediction}`);
   }
 
@@ -424,6 +515,9 @@
   };
   opacity.addEventListener("input", showOpacity);
   showOpacity();
+  $("lesion-toggle").addEventListener("change", (event) => {
+    $("lesion").hidden = !event.target.checked || event.target.disabled;
+  });
 
   setState("idle", "Loading...");
   const health = loadHealth();
