@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     from busi_classifier.console import quiet_tensorflow
 
     quiet_tensorflow(False)
+    load_before = os.getloadavg()[0]
     images, source = user_images(args.images)
     events = [{"image": base64.b64encode(data).decode()} for data in images]
     scratch = Path(tempfile.mkdtemp(prefix="lesion-cost-"))
@@ -129,8 +130,10 @@ def main(argv=None) -> int:
 
     g, a = {k: p50(v) for k, v in t_graph.items()}, {k: p50(v) for k, v in t_answer.items()}
     demo = " (a demo model, trained on synthetic data)" if card.dataset.get("synthetic") else ""
+    load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     body = f"""Images: {source}; 1 interpreter thread, {args.requests} requests of each kind, alternating, through
-`lambda_handler` with direct events.
+`lambda_handler` with direct events. Load average of the machine (1 min): {load}; on a busy machine the
+absolute times are inflated, the alternating kinds see the same load, so read the differences.
 
 **The decoder in every invoke** ({args.size} px, seeded random weights: the invoke's work does not depend
 on the weights' values; int8_dynamic served):

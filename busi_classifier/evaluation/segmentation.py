@@ -159,9 +159,12 @@ def _check(grids, masks, labels=None, groups=None, areas=None) -> tuple[list, li
 def choose_threshold(grids, masks: Sequence[np.ndarray | None], size: int,
                      areas: Sequence[np.ndarray | None] | None = None) -> tuple[float, str]:
     """The lesion threshold, chosen on VALIDATION images: the value of ``THRESHOLDS`` (0.05,
-    0.10, ..., 0.95) that maximises the mean per-image Dice over the images with a lesion
-    mask; ties go to the value closest to 0.5 (then the lower). With fewer than
-    ``MIN_THRESHOLD_IMAGES`` lesion images: 0.5, and the rule says so.
+    0.10, ..., 0.95) that maximises the mean per-image Dice over every image given, an image
+    without a lesion (mask None: a normal one) scoring 1 when nothing reaches the threshold
+    and 0 when something does (a low threshold that outlines every lesion a little better
+    but "finds" one in every normal image loses); ties go to the value closest to 0.5 (then
+    the lower). With fewer than ``MIN_THRESHOLD_IMAGES`` lesion images: 0.5, and the rule
+    says so. Give only images whose mask is the truth (not a lesion image without a mask file).
 
     Args:
         grids: one (h, w) lesion probability map per image.
@@ -190,14 +193,19 @@ def choose_threshold(grids, masks: Sequence[np.ndarray | None], size: int,
         predicted = everywhere.size - np.searchsorted(everywhere, cuts, side="left")
         hits = inside.size - np.searchsorted(inside, cuts, side="left")
         dice += 2 * hits / (predicted + inside.size)
-    dice /= len(kept)
+    empty = [i for i, m in enumerate(masks) if not _has_lesion(m)]
+    for i in empty:
+        peak = lesion_probability(grids[i], size, None if areas is None else areas[i]).max(initial=0.0)
+        dice += (peak < cuts)
+    dice /= len(kept) + len(empty)
     best = dice.max()
     tied = [k for k in range(len(cuts)) if dice[k] >= best - 1e-12]
     k = min(tied, key=lambda j: (abs(THRESHOLDS[j] - DEFAULT_THRESHOLD), THRESHOLDS[j]))
     return float(THRESHOLDS[k]), (
         f"the value of {THRESHOLDS[0]:.2f}, {THRESHOLDS[1]:.2f}, ..., {THRESHOLDS[-1]:.2f} that maximises the mean "
         f"per-image Dice (the map upsampled to the {int(size)} px input against the mask) over the {len(kept)} "
-        f"validation images with a lesion (mean Dice {float(dice[k]):.3f}); ties go to the value closest to 0.5")
+        f"validation images with a lesion and the {len(empty)} without one (1 where nothing is found, else 0): mean "
+        f"{float(dice[k]):.3f}; ties go to the value closest to 0.5")
 
 
 # --------------------------------------------------------------------------- report
