@@ -11,8 +11,10 @@
 # the real Lambda Runtime Interface Emulator; keep to the instructions it knows.
 
 # Stage 1: the model files the function serves. model.json's default_variant (the one
-# served unless MODEL_VARIANT says otherwise) and the variants in EXTRA_VARIANTS; the
-# others never reach a layer of the final image (each variant is 23-90 MB at 224 px).
+# served unless MODEL_VARIANT says otherwise), the variants in EXTRA_VARIANTS and the input
+# check's input_check.npz (checked against model.json's sha256: the build fails where it is
+# missing, as the function would refuse to start); the other variants never reach a layer
+# of the final image (each variant is 23-90 MB at 224 px).
 FROM public.ecr.aws/lambda/python:3.12 AS model
 ARG MODEL_DIR=artifacts/model
 ARG EXTRA_VARIANTS=""

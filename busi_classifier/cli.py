@@ -326,7 +326,9 @@ def predict_main(argv=None) -> int:
         classes = list(predictor.classes)
         table = [{"file": r["path"], "error": r["error_message"]} if r["error_code"] else
                  {"file": r["path"], "prediction": r["class"],
-                  "probabilities": {c: r[probability_column(c)] for c in classes}} for r in rows]
+                  "probabilities": {c: r[probability_column(c)] for c in classes},
+                  **({"input_check": {"score": r["input_check_score"], "in_distribution": r["in_distribution"]}}
+                     if r["in_distribution"] is not None else {})} for r in rows]
         # how good the model is (its card's test figures; None for a .tflite without model.json)
         model = model_summary(predictor.card) if predictor.card is not None else None
         if args.json:  # every line one self-contained JSON object: the summary is a field of each
@@ -342,24 +344,37 @@ def predict_main(argv=None) -> int:
     return 1 if summary.refused or summary.already_refused else 0
 
 
+def _check_cell(row: dict) -> str:
+    """The input check column: "ok", "FLAGGED" (not like the training images), "" without a check."""
+    check = row.get("input_check")
+    return "" if check is None else "ok" if check["in_distribution"] else "FLAGGED"
+
+
 def _table(rows: list[dict], classes: list[str]) -> str:
-    """Aligned text: file, prediction, one probability column per class; an error row
-    carries its message after the file name."""
-    header = ["file", "prediction", *classes]
-    cells = [header] + [[row["file"], row["prediction"], *(f"{row['probabilities'][c]:.3f}" for c in classes)]
-                        for row in rows if "error" not in row]
+    """Aligned text: file, prediction, one probability column per class, and the input
+    check's verdict where the model has one; an error row carries its message after the
+    file name."""
+    checked = any("input_check" in row for row in rows)
+    header = ["file", "prediction", *classes, *(["input check"] if checked else [])]
+
+    def values(row: dict) -> list[str]:
+        probabilities = [f"{row['probabilities'][c]:.3f}" for c in classes]
+        return [row["file"], row["prediction"], *probabilities, *([_check_cell(row)] if checked else [])]
+
+    cells = [header] + [values(row) for row in rows if "error" not in row]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     widths[0] = max(widths[0], *(len(row["file"]) for row in rows))
 
-    def line(values: list[str]) -> str:
-        return "  ".join(v.ljust(widths[i]) if i < 2 else v.rjust(widths[i]) for i, v in enumerate(values)).rstrip()
+    def line(cells_of_row: list[str]) -> str:
+        return "  ".join(v.ljust(widths[i]) if i < 2 or i > 1 + len(classes) else v.rjust(widths[i])
+                         for i, v in enumerate(cells_of_row)).rstrip()
 
     out = [line(header)]
     for row in rows:
         if "error" in row:
             out.append(f"{row['file'].ljust(widths[0])}  error: {row['error']}")
         else:
-            out.append(line([row["file"], row["prediction"], *(f"{row['probabilities'][c]:.3f}" for c in classes)]))
+            out.append(line(values(row)))
     return "\n".join(out)
 
 

@@ -185,6 +185,15 @@ class TrainConfig:
                                         "or 'all'; float32 is always written (the reference the others are "
                                         "checked against)", parse=parse_variants, factory=True, metavar="LIST",
                                         group="evaluation and export")
+    # the input check (is this a breast ultrasound?): fitted on the training split's pooled
+    # features at export, its threshold chosen on the validation split for this flag rate
+    input_check_flag_rate: float = setting(0.05, "input check: the share of in-distribution (validation) images "
+                                           "it flags, which sets its threshold; in (0, 0.5)", metavar="RATE",
+                                           group="evaluation and export")
+    input_check_ood_images: int = setting(16, "input check: images per out-of-distribution set it is measured on "
+                                          "at export (masks, screenshots, photos, near-misses...; 0: not "
+                                          "measured; benchmarks/input_check_methods.py measures more)",
+                                          kind="nonneg", metavar="N", group="evaluation and export")
 
     def check_task(self, task: str) -> None:
         """Raise ConfigError where ``task`` cannot work with the other settings."""
@@ -248,6 +257,11 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"--fine-tune-stages: {', '.join(map(repr, unknown))} is not a ResNet50 layer name "
                               "(e.g. conv5_block1_1_conv, conv4_block1_1_conv, conv3_block1_1_conv)")
+        if not 0 < self.input_check_flag_rate < 0.5:
+            raise ConfigError(f"--input-check-flag-rate must be in (0, 0.5): the share of in-distribution images "
+                              f"the input check flags, got {self.input_check_flag_rate}")
+        if self.input_check_ood_images < 0:
+            raise ConfigError(f"--input-check-ood-images must be at least 0, got {self.input_check_ood_images}")
         if "float32" not in self.variants or any(v not in VARIANTS for v in self.variants):
             raise ConfigError(f"--variants must include float32 and name only {', '.join(VARIANTS)}")
 

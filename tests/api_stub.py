@@ -16,6 +16,14 @@ from busi_classifier.serving.decode import decode_image, inspect_image
 
 STUB_SIZE = 64
 STUB_LESION_THRESHOLD = 0.5  # the stub's "model.json" threshold: cells brighter than half white are lesion
+# The stub's input check (CheckedStubPredictor): the score is the mean absolute difference of
+# horizontally neighbouring pixels of the 64 px model input: a smooth scan ~1, noise of a few hundred px 7-40
+STUB_INPUT_CHECK_THRESHOLD = 5.0
+
+
+def stub_input_score(pixels: np.ndarray) -> float:
+    """The stub's input-check score of a model input (size, size, 3): its pixel-to-pixel roughness."""
+    return float(np.abs(np.diff(pixels.astype(np.float64), axis=1)).mean())
 
 
 def stub_lesion_grid(pixels: np.ndarray) -> np.ndarray:
@@ -37,6 +45,7 @@ class StubPredictor:
     has_lesion = True  # segment works: a (size/4)^2 map that follows the brightness (stub_lesion_grid)
     segment_available = True
     lesion_threshold = STUB_LESION_THRESHOLD
+    has_input_check = False  # CheckedStubPredictor: every answer carries input_check
 
     def __init__(self, model_path=None, variant=None, num_threads=None):
         """The signature of Predictor, so that ``make_handler(settings, StubPredictor)`` works."""
@@ -66,7 +75,18 @@ class StubPredictor:
             width, height = upright_size(intake)
             answer["lesion"] = lesion_answer(stub_lesion_grid(pixels), self.lesion_threshold, width, height,
                                              self.image_size)
+        if self.has_input_check:
+            score = stub_input_score(pixels)
+            answer["input_check"] = {"score": score, "threshold": STUB_INPUT_CHECK_THRESHOLD,
+                                     "in_distribution": score <= STUB_INPUT_CHECK_THRESHOLD}
         return answer
+
+
+class CheckedStubPredictor(StubPredictor):
+    """The stub with an input check (as a Predictor whose model.json has input_check): every
+    answer carries ``input_check``; an image of noise is flagged, a smooth scan is not."""
+
+    has_input_check = True
 
 
 def stub_handler(predictor=None, load_error=None, environ=None):

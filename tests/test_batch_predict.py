@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from api_stub import StubPredictor
+from api_stub import CheckedStubPredictor, StubPredictor
 from conftest import ROOT
 from PIL import Image
 
@@ -28,6 +28,15 @@ CLASSES = ["normal", "benign", "malignant"]
 
 class Stub(StubPredictor):
     """StubPredictor with Predictor's keyword arguments and no model card."""
+
+    card = None
+
+    def __init__(self, model_path=None, variant=None, num_threads=None):
+        super().__init__(model_path, variant, num_threads)
+
+
+class CheckedStub(CheckedStubPredictor):
+    """CheckedStubPredictor (every answer carries input_check) with Predictor's arguments."""
 
     card = None
 
@@ -138,10 +147,47 @@ def test_rows_and_codes_of_a_folder(stub, folder, tmp_path, capsys):
             assert row["class"] == answer["prediction"] and row["error_message"] == ""
             assert [float(row[f"p_{c}"]) for c in CLASSES] == pytest.approx(
                 [answer["probabilities"][c] for c in CLASSES], abs=1e-6)
+        assert row["in_distribution"] == row["input_check_score"] == ""  # a model without the input check
     assert rows[-1]["error_message"].startswith("cannot read: ") and rows[-1]["sha256"] == ""
     last = err.strip().splitlines()[-1]
     assert last.startswith("3 classified, 3 refused (invalid_image 2, unreadable_file 1), 2 skipped (2 masks)")
     assert "images/s" in last and "Traceback" not in err
+
+
+def _noise(path: Path, seed: int = 0) -> Path:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path, "PNG")
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_the_input_check_columns(monkeypatch, tmp_path, capsys, suffix):
+    """A model with the input check: every classified row says in_distribution (true/false,
+    in CSV as in JSON) and the score; a refused file leaves both empty."""
+    import busi_classifier.serving.predictor as predictor
+
+    monkeypatch.setattr(predictor, "Predictor", CheckedStub)
+    scans = tmp_path / "scans"
+    _image(scans / "a.png", 40)
+    _noise(scans / "b-noise.png")
+    (scans / "c.png").write_text("not an image")
+    out = tmp_path / f"results{suffix}"
+    code, _, _ = _predict([str(scans), "--out", str(out)], capsys)
+    assert code == 1  # c.png is refused; a flagged image is not a refusal
+    if suffix == ".csv":
+        rows = _csv(out)
+        assert [r["in_distribution"] for r in rows] == ["true", "false", ""]
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["in_distribution"] for r in rows] == [True, False, None]
+    assert list(rows[0]) == columns(CLASSES)
+    for row, name in zip(rows[:2], ("a.png", "b-noise.png"), strict=True):
+        check = CheckedStub().predict_bytes((scans / name).read_bytes())["input_check"]
+        assert float(row["input_check_score"]) == pytest.approx(check["score"], abs=1e-4)
+        assert row["class"] and not row["error_code"]
+    assert rows[2]["input_check_score"] in ("", None) and rows[2]["error_code"] == "invalid_image"
 
 
 def test_the_refusal_sentences_are_the_apis(stub, folder, tmp_path, capsys):

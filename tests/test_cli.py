@@ -343,13 +343,13 @@ def test_predict_prints_one_row_per_file_with_the_handlers_class(trained_model, 
     code = main(["predict", "--model", str(trained_model), *(str(p) for p, _ in files), str(not_image), str(missing)])
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["file", "prediction", "normal", "benign", "malignant"]
+    assert lines[0].split() == ["file", "prediction", "normal", "benign", "malignant", "input", "check"]
     assert len(lines) == 1 + len(files) + 2
     for (path, expected), line in zip(files, lines[1:], strict=False):
         assert line.startswith(str(path)), line
         fields = line[len(str(path)):].split()
-        assert fields[0] == expected
-        assert sum(float(v) for v in fields[1:]) == pytest.approx(1.0, abs=2e-3)
+        assert fields[0] == expected and fields[-1] in ("ok", "FLAGGED")
+        assert sum(float(v) for v in fields[1:-1]) == pytest.approx(1.0, abs=2e-3)
     assert lines[-2].startswith(str(not_image)) and "error:" in lines[-2]
     assert lines[-1].startswith(str(missing)) and "error: cannot read" in lines[-1]
     assert code == 1 and "Traceback" not in out

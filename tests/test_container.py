@@ -120,6 +120,12 @@ def test_clean_venv_serves_without_tensorflow(serving_venv, task_root, synthetic
     assert probe["heavy"] == []
     assert probe["litert"] == pinned("ai-edge-litert")
     assert set(probe["answer"]["probabilities"]) == {"normal", "benign", "malignant"}
+    # the input check (issue 21): its file in the task root beside the model, scored with the pinned numpy
+    card = json.loads((root / "model" / "model.json").read_text())
+    assert card["input_check"] is not None and (root / "model" / card["input_check"]["file"]).is_file()
+    check = probe["answer"]["input_check"]
+    assert set(check) == {"score", "threshold", "in_distribution"} and check["threshold"] == \
+        card["input_check"]["threshold"]
     # the venv really has no TensorFlow to fall back on
     check = subprocess.run([str(serving_venv), "-c", "import tensorflow"], capture_output=True)
     assert check.returncode != 0

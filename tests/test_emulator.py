@@ -71,7 +71,9 @@ def promised_answers() -> dict[str, tuple[int | None, str]]:
             continue
         answer = cells[2]
         status = re.search(r"\b([2-5]\d\d)\b", answer)
-        code = re.search(r"`(\w+)`", answer)
+        # an error code is named in backticks; a 200 answer may name fields the same way ("with its `lesion`")
+        answered = answer.startswith(("200", "prediction", "two predictions"))
+        code = None if answered else re.search(r"`(\w+)`", answer)
         kind = (code.group(1) if code else "predictions" if "predictions" in answer
                 else "health" if "status ok" in answer else "prediction")
         promised[cells[0].strip("`")] = (int(status.group(1)) if status else None, kind)
@@ -80,6 +82,13 @@ def promised_answers() -> dict[str, tuple[int | None, str]]:
 
 def body_of(answer: dict) -> dict:
     return json.loads(answer["body"]) if "statusCode" in answer else answer
+
+
+def assert_input_check(result: dict) -> None:
+    """Every prediction of the exported model carries its input check (issue 21)."""
+    check = result["input_check"]
+    assert set(check) == {"score", "threshold", "in_distribution"} and isinstance(check["in_distribution"], bool)
+    assert check["in_distribution"] is (check["score"] is not None and check["score"] <= check["threshold"])
 
 
 def test_task_root_is_what_the_dockerfile_builds(image, trained_model):
@@ -91,10 +100,13 @@ def test_task_root_is_what_the_dockerfile_builds(image, trained_model):
     assert not list(root.rglob("__pycache__")), ".dockerignore keeps bytecode out of the image"
     assert not (root / "busi_classifier" / "training").exists() and not (root / "train.py").exists()
     assert [r.read_text() for r in image.requirements] == [(ROOT / "requirements.txt").read_text()]
-    # the default image carries model.json and only the variant it serves
+    # the default image carries model.json, only the variant it serves and the input check's file
     card = json.loads((trained_model / "model.json").read_text())
     default_file = card["variants"][card["default_variant"]]["file"]
-    assert sorted(p.name for p in (root / "model").iterdir()) == sorted(["model.json", default_file])
+    assert card["input_check"] is not None, "the export fits an input check (issue 21)"
+    check_file = card["input_check"]["file"]
+    assert sorted(p.name for p in (root / "model").iterdir()) == sorted(["model.json", default_file, check_file])
+    assert (root / "model" / check_file).read_bytes() == (trained_model / check_file).read_bytes()
     assert (root / "model" / "model.json").read_bytes() == (trained_model / "model.json").read_bytes()
     assert image.env["MODEL_PATH"] == str(root / "model")
 
@@ -102,12 +114,13 @@ def test_task_root_is_what_the_dockerfile_builds(image, trained_model):
 def test_extra_variants_build_argument_adds_variants(trained_model, tmp_path):
     card = json.loads((trained_model / "model.json").read_text())
     everything = build_image(tmp_path / "all", {"MODEL_DIR": str(trained_model), "EXTRA_VARIANTS": "all"})
+    check_file = card["input_check"]["file"]
     assert sorted(p.name for p in (everything.task_root / "model").iterdir()) == sorted(
-        ["model.json", *{v["file"] for v in card["variants"].values()}])
+        ["model.json", check_file, *{v["file"] for v in card["variants"].values()}])
     other = next(name for name in card["variants"] if name != card["default_variant"])
     two = build_image(tmp_path / "two", {"MODEL_DIR": str(trained_model), "EXTRA_VARIANTS": other})
     assert {p.name for p in (two.task_root / "model").iterdir()} == {
-        "model.json", card["variants"][card["default_variant"]]["file"], card["variants"][other]["file"]}
+        "model.json", check_file, card["variants"][card["default_variant"]]["file"], card["variants"][other]["file"]}
     with pytest.raises(LayoutError, match="EXTRA_VARIANTS names float64, not in model.json"):
         build_image(tmp_path / "typo", {"MODEL_DIR": str(trained_model), "EXTRA_VARIANTS": "float64"})
 
@@ -134,10 +147,14 @@ def test_sample_event_through_the_emulator(emulator, name):
     body = body_of(answer)
     if kind == "prediction":
         assert body["prediction"] in CLASSES and list(body["probabilities"]) == list(CLASSES)
+        assert_input_check(body)
     elif kind == "predictions":
         assert [p["prediction"] in CLASSES for p in body["predictions"]] == [True, True]
+        for prediction in body["predictions"]:
+            assert_input_check(prediction)
     elif kind == "health":
         assert body["status"] == "ok" and body["classes"] == list(CLASSES)
+        assert body["model"]["input_check"]["available"] is True and body["model"]["input_check"]["action"] == "flag"
     elif kind == "lesion":  # the session model is multitask: a segment request gets its outline
         assert body["prediction"] in CLASSES and {"found", "area_fraction", "outline", "mask_png"} <= set(body["lesion"])
     else:
@@ -154,6 +171,9 @@ def test_test_py_against_the_emulator(emulator, synthetic_dir, tmp_path):
     assert good.returncode == 0, good.stdout + good.stderr
     answer = json.loads(good.stdout)
     assert answer["prediction"] in CLASSES and set(answer["probabilities"]) == set(CLASSES)
+    assert_input_check(answer)
+    # test.py warns on stderr exactly when the check flagged the image
+    assert ("warning: this image does not look like" in good.stderr) is (not answer["input_check"]["in_distribution"])
     bad = subprocess.run([*command, str(tmp_path / "notes.txt")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "invalid_image" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
@@ -217,6 +237,44 @@ def test_missing_model_answers_503_and_the_runtime_keeps_running(serving_venv, i
                       if r.get("message") in ("model not loaded", "function not initialised")]
         assert len(not_loaded) == 1 and "no-such-model" in not_loaded[0]["reason"]
         assert "Traceback" not in log
+
+
+def noise_png(seed: int = 0) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (180, 240, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_ood_action_refuse_through_the_emulator(serving_venv, image, emulator, tmp_path_factory, synthetic_dir):
+    """The same images through the default function (flag) and one started with
+    OOD_ACTION=refuse: a flagged image is answered 422 out_of_distribution there, every other
+    one as before; /health says the action."""
+    masks = [sorted((synthetic_dir / label).glob("*_mask.png"))[0].read_bytes() for label in ("benign", "malignant")]
+    images = [png for _, png in synthetic_images(synthetic_dir, 1)] + [noise_png(0), noise_png(1)] + masks
+    flagged = []
+    for png in images:
+        answer = emulator.invoke_json(direct_event(png))
+        assert_input_check(answer)
+        flagged.append(not answer["input_check"]["in_distribution"])
+    with start(serving_venv, image, tmp_path_factory, env={"OOD_ACTION": "refuse"}) as refusing:
+        health = body_of(refusing.invoke_json(rest_v1_event("GET", "/health")))
+        assert health["model"]["input_check"]["action"] == "refuse"
+        for png, was_flagged in zip(images, flagged, strict=True):
+            answer = refusing.invoke_json(http_v2_event("POST", "/predict", raw=png))
+            body = body_of(answer)
+            if was_flagged:
+                assert answer["statusCode"] == 422 and body["error"]["code"] == "out_of_distribution", body
+            else:
+                assert answer["statusCode"] == 200 and body["input_check"]["in_distribution"] is True, body
+        assert [r for r in refusing.log_records() if r.get("level") == "ERROR"] == []
+    print(f"\ninput check under the emulator: flagged {flagged} (3 synthetic scans, 2 noise images, 2 masks)")
+    # the dataset's own masks (a white blob on black) are the clearest case the export measures
+    assert any(flagged), "no image was flagged: the 422 was not exercised"
 
 
 SLOW_HANDLER = '''

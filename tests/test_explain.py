@@ -71,7 +71,7 @@ def test_every_variant_has_class_maps_and_they_follow_the_keras_maps(trained_mod
     from busi_classifier.training.model import CAM_OUTPUT, explain_model, load_keras_model
 
     meta = json.loads((trained_model / "model.json").read_text())
-    assert meta["format_version"] == 4 and meta["explain"]["output"] == CAM_OUTPUT
+    assert meta["format_version"] == 5 and meta["explain"]["output"] == CAM_OUTPUT
     h, w = meta["explain"]["shape"][1:3]
     images = load_images(read_dataset(synthetic_dir)[:6], TEST_IMAGE_SIZE, progress=False)
     keras_maps = explain_model(load_keras_model(trained_model / "model.keras")).predict(
@@ -127,7 +127,7 @@ def test_a_model_exported_before_the_maps_still_serves_and_refuses_only_explain(
     model = load_keras_model(trained_model / "model.keras")  # multitask: keep the probabilities only, as format 2 had
     (old / "model.tflite").write_bytes(convert_to_tflite(keras.Model(model.inputs, model.output["probabilities"])))
     card = json.loads((trained_model / "model.json").read_text())
-    card = {k: v for k, v in card.items() if k not in ("explain", "lesion")}
+    card = {k: v for k, v in card.items() if k not in ("explain", "lesion", "input_check")}
     card.update(format_version=2, default_variant="float32", variants={"float32": card["variants"]["float32"]})
     (old / "model.json").write_text(json.dumps(card))
     png = synthetic_images(synthetic_dir, 1)[0][1]

@@ -25,11 +25,15 @@ DEMO_TEXT = ("Test accuracy 0.72 (95 % CI 0.60-0.84) on 43 images, macro-F1 0.70
              "random initialisation")
 
 
-def card_data(*, root="/home/me/busi/data/synthetic", weights="none", test=True, lesion=True) -> dict:
+NO_CHECK = {"available": False, "action": "flag", "method": None, "threshold": None, "flag_rate": None}
+
+
+def card_data(*, root="/home/me/busi/data/synthetic", weights="none", test=True, lesion=True,
+              input_check=False) -> dict:
     """A complete card as export writes it (small; test_card's card_dict with a 96 px demo
     run's fields), trained on ``root`` from ``weights``; ``lesion``: multitask (a 24x24
-    lesion map), else classify-only."""
-    from test_card import card_dict, lesion_dict
+    lesion map), else classify-only; ``input_check``: with the input check's field."""
+    from test_card import card_dict, input_check_dict, lesion_dict
 
     def variant(file):
         return {"file": file, "bytes": 10, "sha256": "0" * 64, "latency_ms": 1.5, "evidence": None}
@@ -43,6 +47,7 @@ def card_data(*, root="/home/me/busi/data/synthetic", weights="none", test=True,
         "input": {**data["input"], "shape": [1, 96, 96, 3], "size": 96},
         "explain": {**data["explain"], "shape": [1, 3, 3, 3]},
         "lesion": lesion_dict(24) if lesion else None,
+        "input_check": input_check_dict() if input_check else None,
         "variants": {"float32": variant("model.tflite"), "int8_dynamic": variant("model_int8_dynamic.tflite")},
         "default_variant": "int8_dynamic",
         "training": {"weights": weights, "data_dir": root, "image_size": 96, "seed": 0},
@@ -77,7 +82,7 @@ def test_a_demo_models_summary_says_its_figures_and_that_it_is_a_demo():
                  "macro_f1": 0.7031, "macro_f1_ci95": [0.5714, 0.8249], "bootstrap_unit": "near-duplicate group"},
         "weights": "none", "initialisation": "random initialisation",
         "synthetic": True, "synthetic_basis": 'the dataset folder (dataset.root) has "synthetic" in its name',
-        "segment": True, "notice": DEMO_NOTICE, "text": DEMO_TEXT, "report": REPORT,
+        "segment": True, "input_check": NO_CHECK, "notice": DEMO_NOTICE, "text": DEMO_TEXT, "report": REPORT,
     }
     assert DEMO_NOTICE == "demo model, synthetic data: not a classifier of real scans"
     assert json.loads(json.dumps(summary)) == summary
@@ -123,12 +128,37 @@ def test_the_summary_says_whether_the_model_outlines_lesions():
     classify-only card and for one written before the lesion map (format_version 3)."""
     assert model_summary(demo_card())["segment"] is True
     assert model_summary(demo_card(lesion=False))["segment"] is False
-    three = {k: v for k, v in card_data().items() if k != "lesion"}
+    three = {k: v for k, v in card_data().items() if k not in ("lesion", "input_check")}
     assert model_summary(ModelCard.from_dict({**three, "format_version": 3}))["segment"] is False
     # nothing else of the summary depends on it
     with_lesion, without = model_summary(demo_card()), model_summary(demo_card(lesion=False))
     assert {k: v for k, v in with_lesion.items() if k != "segment"} == \
         {k: v for k, v in without.items() if k != "segment"}
+
+
+def test_the_summary_says_whether_the_model_checks_its_input_and_what_a_flagged_image_gets():
+    """"input_check": the card's check (method, threshold, flag rate) and OOD_ACTION; for a
+    model without one (a format-4 card, or null) "available" is false and the rest null but
+    the action; nothing else of the summary depends on it."""
+    checked = model_summary(demo_card(input_check=True))
+    assert checked["input_check"] == {"available": True, "action": "flag", "method": "mahalanobis",
+                                      "threshold": 41.5, "flag_rate": 0.05}
+    assert model_summary(demo_card(input_check=True), "refuse")["input_check"]["action"] == "refuse"
+    assert model_summary(demo_card())["input_check"] == NO_CHECK
+    four = {k: v for k, v in card_data().items() if k != "input_check"}
+    assert model_summary(ModelCard.from_dict({**four, "format_version": 4}))["input_check"] == NO_CHECK
+    assert model_summary(demo_card(), "refuse")["input_check"] == {**NO_CHECK, "action": "refuse"}
+    assert {k: v for k, v in checked.items() if k != "input_check"} == \
+        {k: v for k, v in model_summary(demo_card()).items() if k != "input_check"}
+    with pytest.raises(ValueError, match="ood_action 'block'"):
+        model_summary(demo_card(), "block")
+
+
+def test_health_says_the_input_check_and_the_ood_action_of_the_function():
+    card = demo_card(input_check=True)
+    assert health_of(stub_handler(CardStub(card)))["model"]["input_check"]["action"] == "flag"
+    refusing = health_of(stub_handler(CardStub(card), environ={"OOD_ACTION": "refuse"}))
+    assert refusing["model"] == model_summary(card, "refuse") and refusing["model"]["input_check"]["available"]
 
 
 def test_model_summary_imports_only_the_standard_library_and_serving():
@@ -170,7 +200,8 @@ def test_health_answers_match_openapi_yaml():
     schema = {"$ref": "urn:spec#/components/schemas/Health"}
     validator = OAS30Validator(schema, registry=registry)
     for handler in (stub_handler(CardStub()), stub_handler(CardStub(demo_card(test=False))),
-                    stub_handler(CardStub(demo_card(lesion=False))), stub_handler()):
+                    stub_handler(CardStub(demo_card(lesion=False))), stub_handler(),
+                    stub_handler(CardStub(demo_card(input_check=True)), environ={"OOD_ACTION": "refuse"})):
         body = health_of(handler)
         validator.validate(body)
     broken = copy.deepcopy(health_of(stub_handler(CardStub())))
@@ -178,6 +209,9 @@ def test_health_answers_match_openapi_yaml():
     assert not validator.is_valid(broken)
     broken = copy.deepcopy(health_of(stub_handler(CardStub())))
     broken["model"]["segment"] = "yes"
+    assert not validator.is_valid(broken)
+    broken = copy.deepcopy(health_of(stub_handler(CardStub())))
+    broken["model"]["input_check"]["action"] = "block"
     assert not validator.is_valid(broken)
 
 
@@ -202,7 +236,7 @@ def test_predict_prints_the_summary_after_its_table_and_in_each_json_line(tmp_pa
     assert main(["predict", "--model", str(tmp_path), str(image)]) == 0
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
-    assert lines[0].split() == ["file", "prediction", *CLASSES] and len(lines) == 2  # stdout: the table alone
+    assert lines[0].split()[:5] == ["file", "prediction", *CLASSES] and len(lines) == 2  # stdout: the table alone
     err = captured.err.strip().splitlines()
     assert err[-2] == summary_line(model_summary(demo_card()))  # after the table, before the run's summary
     assert err[-1].startswith("1 classified, 0 refused")
@@ -234,6 +268,7 @@ def test_the_summary_of_a_real_exported_model(trained_model, tmp_path, capsys):
     assert summary["synthetic"] is True and summary["notice"] == DEMO_NOTICE
     assert summary["synthetic_basis"] == "model.json dataset.synthetic"
     assert summary["segment"] is (card.lesion is not None) is True  # the session model is multitask
+    assert summary["input_check"]["available"] is (card.input_check is not None) is True  # the export fits one
     assert summary["text"].startswith(f"Test accuracy {served['accuracy']:.2f} (95 % CI ")
     assert f" on {served['n']} images, macro-F1 {served['macro_f1']:.2f}" in summary["text"]
     assert not leaks(json.dumps(summary))

@@ -135,5 +135,5 @@ def test_decoder_costs_under_15_percent_of_the_classifier_at_224_px():
     assert 3.8e9 < classifier < 4.2e9  # ResNet50 at 224 px: ~3.9 G multiply-adds
     assert 0 < decoder <= 0.15 * classifier
     outputs = explain_model(model).output
-    assert set(outputs) == {"probabilities", "class_maps", "lesion"}
+    assert set(outputs) == {"probabilities", "class_maps", "lesion", "features"}
     assert tuple(outputs["lesion"].shape[1:]) == (56, 56, 1)

@@ -793,3 +793,86 @@ def test_the_page_asks_for_the_outline_only_where_the_model_has_it(browser, tmp_
         assert by_id(browser, "heatmap").is_displayed() and not by_id(browser, "error").is_displayed()
     finally:
         stop(srv)
+
+
+# --- the input check (issue 21): a clear warning above the class for a flagged image ----
+
+
+def noise_png(path: Path, seed: int = 0, size=(120, 90)) -> Path:
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def checked_handler(environ=None):
+    """The stub with the input check and a card (so that /health says what the check does)."""
+    from api_stub import CheckedStubPredictor
+    from test_model_summary import CardStub, demo_card
+
+    class CheckedCardStub(CardStub, CheckedStubPredictor):
+        pass
+
+    return stub_handler(CheckedCardStub(demo_card(input_check=True)), environ=environ or {})
+
+
+@needs_browser
+def test_a_flagged_image_gets_a_warning_above_the_class(browser, tmp_path):
+    srv = start(Recorder(checked_handler()))
+    try:
+        open_page(browser, srv.url + "/")
+        assert by_id(browser, "input-check-available").text == "on: images unlike the training images are flagged"
+        upload(browser, scan_png(tmp_path / "scan.png"), "done")
+        warning = by_id(browser, "ood-warning")
+        assert not warning.is_displayed()
+        assert by_id(browser, "result").get_attribute("data-flagged") == "false"
+
+        noise = noise_png(tmp_path / "noise.png")
+        upload(browser, noise, "done")
+        status, expected = post_predict(srv, noise.read_bytes())
+        assert status == 200 and expected["input_check"]["in_distribution"] is False
+        assert_shows(browser, expected)  # the class and the bars as always
+        assert warning.is_displayed()
+        assert warning.text.startswith("This image does not look like the breast ultrasound images the model was "
+                                       "trained on.")
+        score = f"{expected['input_check']['score']:.1f}"
+        threshold = f"{expected['input_check']['threshold']:.1f}"
+        assert f"score is {score}, above the threshold of {threshold}" in warning.text
+        assert "5 % of genuine scans are flagged" in warning.text and "do not trust it" in warning.text
+        assert warning.get_attribute("role") == "alert"
+        # above the class, in the answer's panel
+        top_of = "return document.getElementById(arguments[0]).getBoundingClientRect()"
+        assert browser.execute_script(top_of + ".bottom", "ood-warning") <= browser.execute_script(
+            top_of + ".top", "prediction")
+        assert browser.execute_script("return document.getElementById('ood-warning').closest('section').id") == "result"
+        assert by_id(browser, "result").get_attribute("data-flagged") == "true"
+
+        # the next image that passes clears it
+        upload(browser, scan_png(tmp_path / "scan-2.png", (300, 200)), "done")
+        assert not warning.is_displayed()
+    finally:
+        stop(srv)
+
+
+@needs_browser
+def test_a_refused_image_shows_the_apis_sentence_and_no_class(browser, tmp_path):
+    srv = start(Recorder(checked_handler({"OOD_ACTION": "refuse"})))
+    try:
+        open_page(browser, srv.url + "/")
+        assert by_id(browser, "input-check-available").text == "on: the API refuses images unlike the training images"
+        noise = noise_png(tmp_path / "noise.png", 1)
+        upload(browser, noise, "error")
+        status, expected = post_predict(srv, noise.read_bytes())
+        assert status == 422 and expected["error"]["code"] == "out_of_distribution"
+        error = by_id(browser, "error")
+        assert error.is_displayed() and error.text == expected["error"]["message"]
+        assert error.get_attribute("data-code") == "out_of_distribution"
+        assert not by_id(browser, "result").is_displayed()
+    finally:
+        stop(srv)
+
+
+@needs_browser
+def test_a_model_without_the_check_shows_no_warning(browser, server, tmp_path):
+    open_page(browser, server.url + "/")
+    assert by_id(browser, "input-check-available").text == "not known"  # the stub has no card: /health's model null
+    upload(browser, noise_png(tmp_path / "noise.png"), "done")
+    assert not by_id(browser, "ood-warning").is_displayed()

@@ -409,6 +409,8 @@ def tiny_card(tmp_path, tflite: bytes, lesion="default", version: int = 4):
     data["lesion"] = lesion_dict(TINY // CELL, threshold=0.5) if lesion == "default" else lesion
     if version < 4:
         del data["lesion"]
+    if version < 5:  # format 5 added the input check (tests/test_input_check_api.py)
+        del data["input_check"]
     (tmp_path / "model.tflite").write_bytes(tflite)
     (tmp_path / "model.json").write_text(json.dumps(data))
     return tmp_path
@@ -424,7 +426,7 @@ def test_the_lesion_output_is_found_by_shape(tiny_files, tmp_path):
     images = rng.integers(0, 256, (3, TINY, TINY, 3), dtype=np.uint8)
     images[0, :8, :8] = 255  # a bright top-left quarter
     raw = predictor.raw_all(images)
-    assert set(raw) == {"probabilities", "class_maps", "lesion"}
+    assert set(raw) == {"probabilities", "class_maps", "lesion", "features"} and raw["features"] is None
     assert raw["probabilities"].shape == (3, 3) and raw["class_maps"].shape == (3, 4, 4, 3)
     assert raw["lesion"].shape == (3, 4, 4)
     np.testing.assert_allclose(raw["probabilities"], predictor.raw_probabilities(images), atol=1e-7)

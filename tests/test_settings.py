@@ -27,6 +27,7 @@ def test_defaults():
     assert settings.url_allowlist == () and not settings.url_input_enabled
     assert settings.url_timeout_s == 5.0 and settings.url_max_bytes == 4_400_000
     assert settings.cors_allow_origin == "*"
+    assert settings.ood_action == "flag"  # a flagged image is answered, with input_check.in_distribution false
 
 
 def test_every_variable_is_read():
@@ -34,7 +35,7 @@ def test_every_variable_is_read():
         "MODEL_PATH": "/m", "MODEL_VARIANT": "int8_dynamic", "NUM_THREADS": "3", "LOG_LEVEL": "warning",
         "AWS_LAMBDA_FUNCTION_NAME": "fn", "EMF_METRICS": "off", "METRICS_NAMESPACE": "Ns/1",
         "IMAGE_URL_ALLOWLIST": " Images.Example.org, *.cdn.net ,", "IMAGE_URL_TIMEOUT_S": "2.5",
-        "IMAGE_URL_MAX_BYTES": "1000", "CORS_ALLOW_ORIGIN": "",
+        "IMAGE_URL_MAX_BYTES": "1000", "CORS_ALLOW_ORIGIN": "", "OOD_ACTION": " Refuse ",
     })
     assert settings.errors == ()
     assert (settings.model_path, settings.model_variant, settings.num_threads) == (Path("/m"), "int8_dynamic", 3)
@@ -42,6 +43,8 @@ def test_every_variable_is_read():
     assert settings.metrics_namespace == "Ns/1"
     assert settings.url_allowlist == ("images.example.org", "*.cdn.net")
     assert (settings.url_timeout_s, settings.url_max_bytes, settings.cors_allow_origin) == (2.5, 1000, "")
+    assert settings.ood_action == "refuse"
+    assert ServingSettings.from_env({"OOD_ACTION": "FLAG"}).ood_action == "flag"
     assert ServingSettings.from_env({"SERVICE_NAME": "svc", "AWS_LAMBDA_FUNCTION_NAME": "fn"}).service_name == "svc"
 
 
@@ -52,6 +55,7 @@ BAD = [
     ("IMAGE_URL_TIMEOUT_S", "soon"), ("IMAGE_URL_TIMEOUT_S", "nan"), ("IMAGE_URL_TIMEOUT_S", "0"),
     ("IMAGE_URL_TIMEOUT_S", "600"), ("IMAGE_URL_MAX_BYTES", "1e6"), ("IMAGE_URL_MAX_BYTES", "99999999"),
     ("CORS_ALLOW_ORIGIN", "https://a.org\r\nSet-Cookie: x=1"), ("MODEL_VARIANT", "../etc/passwd"),
+    ("OOD_ACTION", "block"), ("OOD_ACTION", "warn"), ("OOD_ACTION", "refuse,flag"),
 ]
 
 

@@ -185,6 +185,31 @@ def test_outputs_name_the_api_and_the_function(template):
     assert outputs["ApiKeyId"]["Condition"] == "UseApiKey"
 
 
+def test_ood_action_parameter_feeds_the_setting_with_its_default(template, monkeypatch):
+    """OodAction -> OOD_ACTION: the values the settings accept, the same default."""
+    from busi_classifier.serving.settings import DEFAULT_OOD_ACTION, OOD_ACTIONS, ServingSettings
+
+    parameter = template["Parameters"]["OodAction"]
+    assert parameter["AllowedValues"] == list(OOD_ACTIONS) and parameter["Default"] == DEFAULT_OOD_ACTION == "flag"
+    for value in parameter["AllowedValues"]:
+        settings = ServingSettings.from_env({"OOD_ACTION": value})
+        assert settings.errors == () and settings.ood_action == value
+    cfn = sam_transform(template, False, monkeypatch)
+    [function] = of_type(cfn, "AWS::Lambda::Function").values()
+    assert function["Properties"]["Environment"]["Variables"]["OOD_ACTION"] == {"Ref": "OodAction"}
+    assert "docs/api.md" in parameter["Description"]
+
+
+@pytest.mark.parametrize("value", ["flag", "refuse"])
+def test_cfn_lint_accepts_each_ood_action(value, tmp_path):
+    from cfnlint.api import lint_file
+
+    fixed = tmp_path / "template.yaml"
+    fixed.write_text(TEMPLATE.read_text().replace("OOD_ACTION: !Ref OodAction", f"OOD_ACTION: {value}"))
+    assert "OOD_ACTION: !Ref OodAction" in TEMPLATE.read_text()
+    assert [str(m) for m in lint_file(fixed) if "OodAction" not in str(m)] == []
+
+
 def test_parameters_have_safe_defaults(template):
     parameters = template["Parameters"]
     assert parameters["ApiKeyRequired"]["AllowedValues"] == ["true", "false"]
@@ -202,7 +227,7 @@ def test_dockerignore_lets_sam_build_see_the_model():
     assert dockerfile.count("ARG MODEL_DIR=artifacts/model") == 1 and "COPY ${MODEL_DIR}/ " in dockerfile
     rules = dockerignore_rules()
     for name in ("model.json", "model.tflite", "model_float16.tflite", "model_int8_dynamic.tflite",
-                 "model_int8_full.tflite"):
+                 "model_int8_full.tflite", "input_check.npz"):
         assert not ignored(f"artifacts/model/{name}", rules), name
     assert not ignored("docker/select_model.py", rules)
     assert ignored("artifacts/model/model.keras", rules) and ignored("data/synthetic/benign/a.png", rules)

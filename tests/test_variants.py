@@ -12,10 +12,12 @@ import pytest
 from conftest import ROOT, TEST_IMAGE_SIZE, fresh_lambda, synthetic_images
 
 from busi_classifier.export.variants import (
+    MIN_INPUT_CHECK_AGREEMENT,
     MIN_LESION_DICE,
     VARIANT_FILES,
     agreement_evidence,
     choose_default,
+    input_check_agreement,
     lesion_agreement,
     passes_gates,
 )
@@ -117,6 +119,93 @@ def test_evidence_without_lesion_keys_is_gated_and_explained_as_before():
     assert passes_gates({**old, "lesion_dice_mean": None})  # not measured
     assert passes_gates({**old, "lesion_dice_mean": MIN_LESION_DICE})  # exactly on the gate
     assert not passes_gates({**old, "lesion_dice_mean": MIN_LESION_DICE - 0.001})
+
+
+def test_input_check_agreement_by_hand_and_its_gate():
+    # each side at its own threshold: image 3 flagged by both, image 2 by the candidate only
+    e = input_check_agreement(np.array([1.0, 2.0, 3.0, 10.0]), np.array([1.1, 2.1, 5.5, 9.0]), 5.0, 5.2)
+    assert e["input_check_agreement"] == 0.75 and e["input_check_flagged"] == 0.5
+    assert e["input_check_reference_flagged"] == 0.25 and e["input_check_threshold"] == 5.2
+    assert e["input_check_reference_threshold"] == 5.0
+    assert e["input_check_score_rel_diff_median"] == pytest.approx(np.median([0.02, 0.02, 0.5, 0.2]))
+    # a score that is not a number is flagged (as InputCheck.answer decides)
+    nan = input_check_agreement(np.array([1.0, 9.0]), np.array([np.nan, 9.0]), 5.0, 5.0)
+    assert nan["input_check_agreement"] == 0.5 and nan["input_check_flagged"] == 1.0
+    assert input_check_agreement(np.zeros(0), np.zeros(0), 1.0, 1.0)["input_check_agreement"] == 1.0
+    with pytest.raises(ValueError, match="3 reference"):
+        input_check_agreement(np.zeros(3), np.zeros(2), 1.0, 1.0)
+    base = evidence()
+    assert passes_gates({**base, "input_check_agreement": None})  # not measured
+    assert passes_gates({**base, "input_check_agreement": MIN_INPUT_CHECK_AGREEMENT})  # exactly on the gate
+    assert not passes_gates({**base, "input_check_agreement": MIN_INPUT_CHECK_AGREEMENT - 0.001})
+    y = np.array([0, 1, 2, 1])
+    probabilities = np.eye(3)[y] * 0.7 + 0.1
+    agreeing = agreement_evidence(probabilities, probabilities, y, input_check={
+        "reference_scores": np.arange(4.0), "candidate_scores": np.arange(4.0) + 0.01, "reference_threshold": 2.5,
+        "candidate_threshold": 2.5})
+    assert agreeing["input_check_agreement"] == 1.0 and "input_check_agreement" not in agreement_evidence(
+        probabilities, probabilities, y)
+    variants = {"float32": {"latency_ms": 50.0, "evidence": agreeing},
+                "int8_dynamic": {"latency_ms": 20.0, "evidence": {**agreeing, "input_check_agreement": 0.9}}}
+    name, reason = choose_default(variants)
+    assert name == "float32" and "input-check agreement >= 98%" in reason and "input-check agreement 1.000" in reason
+
+
+class FeatureStub:
+    """A LiteRT predictor of one variant file with a features output: each image's
+    features are its first pixels (so the scores depend on the image), moved by ``shift``."""
+
+    def __init__(self, latency: float, shift: float = 0.0, features: bool = True):
+        self.latency, self.shift, self.features, self.calls = latency, shift, features, []
+
+    def raw_all(self, images):
+        images = np.asarray(images)
+        self.calls.append(len(images))
+        n = len(images)
+        return {"probabilities": np.tile([0.6, 0.3, 0.1], (n, 1)), "class_maps": None, "lesion": None,
+                "features": (images.reshape(n, -1)[:, :8].astype(np.float32) + self.shift) if self.features else None}
+
+
+def test_gate_variants_gates_each_file_on_its_input_check_decisions(monkeypatch, tmp_path):
+    """Each variant's decisions (its features at the threshold chosen on its own validation
+    features, as it would be served) against the Keras model's: a variant whose features
+    move fails the gate though its probabilities agree."""
+    from busi_classifier.evaluation import served
+    from busi_classifier.evaluation.input_check_fit import choose_threshold, fit_input_check
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 120, (40, 4, 4, 3), dtype=np.uint8)
+    val = rng.integers(0, 120, (20, 4, 4, 3), dtype=np.uint8)
+    gate_images = np.concatenate([rng.integers(0, 120, (30, 4, 4, 3)), rng.integers(150, 256, (10, 4, 4, 3))]
+                                 ).astype(np.uint8)  # 10 far from the training images
+    as_features = FeatureStub(0.0).raw_all
+    check = choose_threshold(fit_input_check(as_features(train)["features"], np.arange(40) % 3, dims=6),
+                             as_features(val)["features"], 0.05)
+    y = np.zeros(len(gate_images), int)
+    probabilities = np.tile([0.6, 0.3, 0.1], (len(gate_images), 1))
+    stubs = {"model.tflite": FeatureStub(80.0), "model_int8_dynamic.tflite": FeatureStub(20.0, shift=0.02),
+             "model_float16.tflite": FeatureStub(30.0, shift=60.0)}
+    monkeypatch.setattr(served, "file_predictor", lambda path, *args, **kwargs: stubs[Path(path).name])
+    monkeypatch.setattr(served, "latency_ms", lambda predictor, image: predictor.latency)
+    gate = served.GateEvidence(gate_images, y, probabilities, None, "train+val", reference_features=as_features(
+        gate_images)["features"], input_check=check, check_images=val, flag_rate=0.05)
+    entries = {"float32": {"file": "model.tflite"}, "float16": {"file": "model_float16.tflite"},
+               "int8_dynamic": {"file": "model_int8_dynamic.tflite"}}
+    default, reason, _ = served.gate_variants(tmp_path, entries, gate, 4)
+    assert default == "int8_dynamic" and "input-check agreement" in reason
+    float32, moved = entries["float32"]["evidence"], entries["float16"]["evidence"]
+    assert float32["input_check_agreement"] == 1.0 and float32["input_check_threshold"] == pytest.approx(check.threshold)
+    assert float32["input_check_reference_flagged"] >= 10 / 40  # the far images are flagged
+    assert moved["top1_agreement"] == 1.0 and moved["input_check_agreement"] < MIN_INPUT_CHECK_AGREEMENT
+    assert not passes_gates(moved) and passes_gates(entries["int8_dynamic"]["evidence"])
+    assert stubs["model.tflite"].calls.count(len(val)) == 1  # the validation images, once per file
+    # a file without the features output, for a model with an input check: an export error, said at once
+    stubs["model.tflite"].features = False
+    with pytest.raises(ValueError, match="no features output"):
+        served.gate_variants(tmp_path, {"float32": {"file": "model.tflite"}}, gate, 4)
+    with pytest.raises(ValueError, match="features of the gate images"):
+        served.gate_variants(tmp_path, {"float32": {"file": "model.tflite"}},
+                             served.GateEvidence(gate_images, y, probabilities, None, "x", input_check=check), 4)
 
 
 class StubPredictor:

@@ -57,6 +57,10 @@ OVERLAY = "colour overlay"
 SET_NAMES: tuple[str, ...] = (MASKS, TEXT, CHARTS, NOISE, GRADIENTS, PHOTOGRAPHS, MEDICAL, OTHER_ULTRASOUND,
                               SYNTHETIC, INVERTED, CROPPED, ROTATED, OVERLAY)
 NEAR_MISSES: tuple[str, ...] = (INVERTED, CROPPED, ROTATED, OVERLAY)
+# The sets that are plainly not breast ultrasound (what the check must flag; the default
+# method is chosen on their mean AUROC): the other sets are ultrasound (of another organ,
+# simulated) or breast ultrasound altered (the near-misses), harder and arguable cases.
+CLEARLY_NOT: tuple[str, ...] = (MASKS, TEXT, CHARTS, NOISE, GRADIENTS, PHOTOGRAPHS, MEDICAL)
 
 # The heavy crop: the central CROP_FRACTION of each side (1/16 of the area), kept at its
 # own resolution, as a crop tool writes it (decode_image upscales it to the model input).
@@ -887,17 +891,17 @@ IN_DISTRIBUTION_LABEL = "BUSI test (in distribution)"
 
 
 def ood_figure(in_scores, set_scores: dict[str, np.ndarray], threshold: float, path,
-               title: str = "Input check: score distributions") -> Path:
-    """One row per set (the in-distribution test images first): a box of the quartiles
-    and every score as a dot, the threshold as a vertical line, AUROC and flag rate at
-    the right. Log x when every score is positive and they span more than 50x.
+               title: str = "Input check: score distributions", in_label: str = IN_DISTRIBUTION_LABEL) -> Path:
+    """One row per set (the in-distribution test images first, named ``in_label``): a box
+    of the quartiles and every score as a dot, the threshold as a vertical line, AUROC and
+    flag rate at the right. Log x when every score is positive and they span more than 50x.
     Writes a PNG (its ``Title`` metadata is ``title``) and returns its path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = Path(path)
     report = ood_report(in_scores, set_scores, threshold)
-    rows = [(IN_DISTRIBUTION_LABEL, _scores(in_scores, "in-distribution scores"))]
+    rows = [(in_label, _scores(in_scores, "in-distribution scores"))]
     rows += [(name, _scores(values, name)) for name, values in set_scores.items()]
     everything = np.concatenate([r[1] for r in rows] + [np.array([threshold])])
     finite = everything[np.isfinite(everything)]
@@ -931,6 +935,10 @@ def ood_figure(in_scores, set_scores: dict[str, np.ndarray], threshold: float, p
     ax.axvline(threshold, color="#d62728", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.4g}")
     if log_x:
         ax.set_xscale("log")
+    else:  # each tick its own number (no "1e8" offset under the axis, over the label)
+        from matplotlib.ticker import FuncFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     ax.set_yticks(range(len(rows)), [name for name, _ in rows][::-1], fontsize=9)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel("input-check score (higher = farther from the training images)" + (" (log)" if log_x else ""))

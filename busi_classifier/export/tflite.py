@@ -1,11 +1,15 @@
 """Write the trained model: model.keras, the TFLite variants (float32, float16, int8
-dynamic range, int8 full integer; each with the class activation maps as a second
-output, and a multitask model's lesion map as a third), and model.json.
+dynamic range, int8 full integer; each with, beside the probabilities, the class
+activation maps, the pooled ResNet50 features the input check scores, and a multitask
+model's lesion map as outputs), and model.json, which describes them and the input
+check file (input_check.npz, written beside the .tflite files by the export:
+busi_classifier.serving.input_check).
 
-Conversion and the card only: what the card says of the variants' speed and agreement
-and of the served file's test metrics is measured by busi_classifier.evaluation.served
-and comes in as plain data; the graphs to save and convert come from the caller
-(training builds them), so nothing here imports training or evaluation."""
+Conversion and the card only: what the card says of the variants' speed and agreement,
+of the served file's test metrics and of the input check (its file's sha256, threshold
+and measurement) is measured by busi_classifier.evaluation.served and comes in as plain
+data; the graphs to save and convert come from the caller (training builds them), so
+nothing here imports training or evaluation."""
 
 from __future__ import annotations
 
@@ -26,7 +30,15 @@ import tensorflow as tf
 from busi_classifier import __version__
 from busi_classifier.config import TrainConfig
 from busi_classifier.console import native_stderr_silenced
-from busi_classifier.export.variants import MAX_MACRO_F1_LOSS, MIN_TOP1_AGREEMENT, VARIANT_FILES, VARIANTS
+from busi_classifier.export.variants import (
+    MAX_MACRO_F1_LOSS,
+    MAX_MAP_DIFF,
+    MIN_INPUT_CHECK_AGREEMENT,
+    MIN_LESION_DICE,
+    MIN_TOP1_AGREEMENT,
+    VARIANT_FILES,
+    VARIANTS,
+)
 from busi_classifier.serving.card import FORMAT_VERSION as CARD_FORMAT_VERSION
 from busi_classifier.serving.card import ModelCard, preprocessing_description
 from busi_classifier.serving.constants import CLASSES, MODEL_INPUT_DTYPE
@@ -126,7 +138,7 @@ def write_json(path: Path, obj: dict) -> None:
 
 def write_card(out_dir: Path, config: TrainConfig, dataset_info: dict, files: dict[str, dict], default: str,
                reason: str, evidence_split: str, explain: dict, calibration: dict | None = None,
-               metrics: dict | None = None, lesion: dict | None = None) -> dict:
+               metrics: dict | None = None, lesion: dict | None = None, input_check: dict | None = None) -> dict:
     """Write model.json, the typed, versioned card (serving/card.py; every field is
     required), beside the files ``write_model_files`` wrote; return its content.
 
@@ -144,6 +156,10 @@ def write_card(out_dir: Path, config: TrainConfig, dataset_info: dict, files: di
             (``evaluation.served.card_metrics``); None: not scored.
         lesion: the lesion output of a multitask model ({"output", "shape", "stride",
             "activation", "threshold", "threshold_rule", "metrics"}); None: classify only.
+        input_check: the input check file beside the .tflite files ({"file", "sha256",
+            "bytes", "method", "dims", "feature_output", "threshold", "threshold_rule",
+            "flag_rate", "metrics"}; the card's ``InputCheckSpec``); None: the model has no
+            input check (and its files no features output).
 
     Returns:
         model.json's content.
@@ -169,16 +185,21 @@ def write_card(out_dir: Path, config: TrainConfig, dataset_info: dict, files: di
         "output": {"name": "probabilities", "shape": [1, len(CLASSES)], "activation": "softmax"},
         "explain": {"output": explain["output"], "shape": explain["shape"], "method": CAM_METHOD},
         "lesion": lesion,
+        "input_check": input_check,
         "preprocessing": preprocessing_description(),
         "variants": files,
         "default_variant": default,
         "default_variant_reason": reason,
         "variant_rule": {"max_macro_f1_loss": MAX_MACRO_F1_LOSS, "min_top1_agreement": MIN_TOP1_AGREEMENT,
+                         "max_map_diff": MAX_MAP_DIFF, "min_lesion_dice": MIN_LESION_DICE,
+                         "min_input_check_agreement": MIN_INPUT_CHECK_AGREEMENT,
                          "evidence_split": evidence_split, "speed": "median LiteRT invoke, 1 thread, at export"},
         "files": {
             **{entry["file"]: {"variant": name, "bytes": entry["bytes"], "sha256": entry["sha256"]}
                for name, entry in files.items()},
             "model.keras": {"bytes": (out_dir / "model.keras").stat().st_size},
+            **({input_check["file"]: {"bytes": input_check["bytes"], "sha256": input_check["sha256"]}}
+               if input_check is not None else {}),
         },
         "training": config.to_dict(),
         "dataset": dataset_info,

@@ -20,6 +20,13 @@ MAX_MAP_DIFF = 0.10  # class maps: mean absolute difference of the 0..1 maps at 
 # model's outline and the mask (BUSI Dice is typically 0.6 to 0.8), while a variant that loses a
 # lesion, or finds one the Keras model does not, costs that image its whole Dice (0).
 MIN_LESION_DICE = 0.90
+# Input check: at least 98 % of the gate images get the same in-distribution decision from
+# the variant (its features scored at the threshold chosen on its own validation features,
+# as it would be served) as from the Keras model (its features at the threshold chosen on
+# the Keras model's validation features). With the threshold at the 95th percentile of the
+# validation scores, about 1 image in 20 lies near it; 2 % tolerates a few of those
+# crossing it, not a quantisation that moves the scores of many images.
+MIN_INPUT_CHECK_AGREEMENT = 0.98
 
 
 def map_agreement(reference_maps: np.ndarray, candidate_maps: np.ndarray, classes: np.ndarray) -> dict:
@@ -84,14 +91,45 @@ def lesion_agreement(reference_grids: np.ndarray, candidate_grids: np.ndarray, t
             "lesion_peak_agreement": float(np.mean(same_peak)), "lesion_max_abs_diff": float(np.max(diffs))}
 
 
+def input_check_agreement(reference_scores: np.ndarray, candidate_scores: np.ndarray, reference_threshold: float,
+                          candidate_threshold: float) -> dict:
+    """How closely a variant's input-check decisions follow the Keras model's on the same
+    images: each side's scores (N,) against its own threshold (a score above it, or one
+    that is not a number, is flagged, as ``InputCheck.answer`` decides).
+
+    Returns: ``input_check_agreement`` (share of images with the same in-distribution
+    decision), ``input_check_threshold`` and ``input_check_reference_threshold``,
+    ``input_check_flagged`` and ``input_check_reference_flagged`` (shares flagged) and
+    ``input_check_score_rel_diff_median`` (the median of |candidate score - reference
+    score| / |reference threshold|: how far the scores move, in units of the threshold;
+    None where a score is not a number)."""
+    ref = np.asarray(reference_scores, dtype=np.float64).reshape(-1)
+    cand = np.asarray(candidate_scores, dtype=np.float64).reshape(-1)
+    if ref.shape != cand.shape:
+        raise ValueError(f"{ref.size} reference input-check scores for {cand.size} candidate ones")
+    base = {"input_check_threshold": float(candidate_threshold),
+            "input_check_reference_threshold": float(reference_threshold)}
+    if not ref.size:
+        return {**base, "input_check_agreement": 1.0, "input_check_flagged": 0.0, "input_check_reference_flagged": 0.0,
+                "input_check_score_rel_diff_median": 0.0}
+    ref_in, cand_in = ref <= reference_threshold, cand <= candidate_threshold
+    scale = abs(float(reference_threshold)) or 1.0
+    diff = np.abs(cand - ref) / scale
+    return {**base, "input_check_agreement": float(np.mean(ref_in == cand_in)),
+            "input_check_flagged": float(np.mean(~cand_in)), "input_check_reference_flagged": float(np.mean(~ref_in)),
+            "input_check_score_rel_diff_median": float(np.median(diff)) if np.isfinite(diff).all() else None}
+
+
 def agreement_evidence(reference: np.ndarray, candidate: np.ndarray, y_true: np.ndarray,
                        reference_maps: np.ndarray | None = None, candidate_maps: np.ndarray | None = None,
                        reference_lesion: np.ndarray | None = None, candidate_lesion: np.ndarray | None = None,
-                       lesion_threshold: float | None = None) -> dict:
+                       lesion_threshold: float | None = None, input_check: dict | None = None) -> dict:
     """How closely ``candidate`` probabilities follow ``reference`` (the Keras model) on
     the same images: top-1 agreement, macro-F1 and macro-AUC differences, largest
     probability difference; with both models' class maps, their agreement too; with both
-    models' lesion maps (N, h, w) and the card's ``lesion_threshold``, ``lesion_agreement``."""
+    models' lesion maps (N, h, w) and the card's ``lesion_threshold``, ``lesion_agreement``;
+    with ``input_check`` (``input_check_agreement``'s keyword arguments: both sides'
+    scores and thresholds), the input-check decision agreement."""
     from busi_classifier.evaluation.metrics import point_metrics
 
     ref, cand = point_metrics(y_true, reference), point_metrics(y_true, candidate)
@@ -109,33 +147,43 @@ def agreement_evidence(reference: np.ndarray, candidate: np.ndarray, y_true: np.
            if reference_maps is not None and candidate_maps is not None else {}),
         **(lesion_agreement(reference_lesion, candidate_lesion, lesion_threshold)
            if reference_lesion is not None and candidate_lesion is not None and lesion_threshold is not None else {}),
+        **(input_check_agreement(**input_check) if input_check is not None else {}),
     }
 
 
 def passes_gates(evidence: dict) -> bool:
-    """Macro-F1 loss and top-1 agreement; the class maps' difference and the lesion maps'
-    mean Dice (``MIN_LESION_DICE``) too where measured."""
+    """Macro-F1 loss and top-1 agreement; the class maps' difference, the lesion maps'
+    mean Dice (``MIN_LESION_DICE``) and the input-check decision agreement
+    (``MIN_INPUT_CHECK_AGREEMENT``) too where measured."""
     maps_ok = evidence.get("map_mean_abs_diff") is None or evidence["map_mean_abs_diff"] <= MAX_MAP_DIFF + 1e-12
     lesion_ok = evidence.get("lesion_dice_mean") is None or evidence["lesion_dice_mean"] >= MIN_LESION_DICE - 1e-12
+    check_ok = (evidence.get("input_check_agreement") is None
+                or evidence["input_check_agreement"] >= MIN_INPUT_CHECK_AGREEMENT - 1e-12)
     return (evidence["macro_f1_diff"] >= -MAX_MACRO_F1_LOSS - 1e-12
-            and evidence["top1_agreement"] >= MIN_TOP1_AGREEMENT - 1e-12 and maps_ok and lesion_ok)
+            and evidence["top1_agreement"] >= MIN_TOP1_AGREEMENT - 1e-12 and maps_ok and lesion_ok and check_ok)
 
 
 def choose_default(variants: dict[str, dict], evidence: str = "train+val images") -> tuple[str, str]:
     """(name, reason): the fastest variant (lowest ``latency_ms``) whose evidence passes
     the gates (``passes_gates``); float32, the reference, when none does. ``evidence``
     names the images the gates were measured on (never the test split, which only
-    reports). The reason names the lesion-map gate where it was measured."""
+    reports). The reason names the lesion-map and input-check gates where they were measured."""
     passing = [name for name, v in variants.items() if passes_gates(v["evidence"])]
     if not passing:
         return "float32", "no variant passed the accuracy gates: the float32 reference is served"
     best = min(passing, key=lambda name: (variants[name]["latency_ms"], VARIANTS.index(name)))
     v = variants[best]
     lesion = v["evidence"].get("lesion_dice_mean")
+    check = v["evidence"].get("input_check_agreement")
+    gates = [f"top-1 agreement >= {MIN_TOP1_AGREEMENT:.0%}", f"class-map difference <= {MAX_MAP_DIFF:.2f}"]
+    if lesion is not None:
+        gates.append(f"lesion-map Dice >= {MIN_LESION_DICE:.2f}")
+    if check is not None:
+        gates.append(f"input-check agreement >= {MIN_INPUT_CHECK_AGREEMENT:.0%}")
+    listed = ", ".join(gates[:-1]) + " and " + gates[-1]
     return best, (f"fastest variant ({v['latency_ms']:.1f} ms per image at export) with macro-F1 loss <= "
-                  f"{MAX_MACRO_F1_LOSS:.2f}, top-1 agreement >= {MIN_TOP1_AGREEMENT:.0%}"
-                  + (f", class-map difference <= {MAX_MAP_DIFF:.2f} and lesion-map Dice >= {MIN_LESION_DICE:.2f}"
-                     if lesion is not None else f" and class-map difference <= {MAX_MAP_DIFF:.2f}")
-                  + f" on {evidence} (agreement {v['evidence']['top1_agreement']:.3f}, macro-F1 diff "
+                  f"{MAX_MACRO_F1_LOSS:.2f}, {listed}"
+                  f" on {evidence} (agreement {v['evidence']['top1_agreement']:.3f}, macro-F1 diff "
                   f"{v['evidence']['macro_f1_diff']:+.3f}"
-                  + (f", lesion-map Dice {lesion:.3f}" if lesion is not None else "") + ")")
+                  + (f", lesion-map Dice {lesion:.3f}" if lesion is not None else "")
+                  + (f", input-check agreement {check:.3f}" if check is not None else "") + ")")

@@ -18,7 +18,11 @@
   extension; rows already in it (same path, sha256 and model_version) are not redone,
   new rows are appended and flushed one by one, so an interrupted run resumes.
 
-The row's columns are ``columns(classes)``: the one list to extend for new columns.
+The row's columns are ``columns(classes)``: the one list to extend for new columns. Where
+the model has the input check, ``in_distribution`` (true/false: the image looks like the
+training images, or it was flagged) and ``input_check_score`` (the check's score; its
+threshold is the card's) are filled; they are empty for a model without the check and
+for a refused file.
 Imports the serving world (and tqdm) only: no TensorFlow.
 """
 
@@ -48,6 +52,7 @@ MIN_IMAGES_PER_WORKER = 32
 # most this many (each worker holds its own copy of the model: ~120 MB of int8_dynamic)
 MAX_DEFAULT_WORKERS = 8
 PROBABILITY_DIGITS = 6
+SCORE_DIGITS = 4
 
 # Local error codes (the others are the API's, serving/api.py ERRORS)
 LOCAL_ERRORS = {
@@ -57,7 +62,7 @@ LOCAL_ERRORS = {
 
 # --- the columns: ONE list; a later column is added here and filled in classify_file ----
 COLUMNS_BEFORE_PROBABILITIES = ("path", "size", "sha256", "class")
-COLUMNS_AFTER_PROBABILITIES = ("model_version", "error_code", "error_message")
+COLUMNS_AFTER_PROBABILITIES = ("in_distribution", "input_check_score", "model_version", "error_code", "error_message")
 RESUME_KEY = ("path", "sha256", "model_version")
 
 
@@ -142,6 +147,10 @@ def _row(classes: list[str], model_version: str, path: str, size: int | None = N
            "model_version": model_version, "error_code": code, "error_message": message}
     for name in classes:
         row[probability_column(name)] = round(answer["probabilities"][name], PROBABILITY_DIGITS) if answer else None
+    check = answer.get("input_check") if answer else None
+    score = check["score"] if check else None
+    row["in_distribution"] = check["in_distribution"] if check else None
+    row["input_check_score"] = round(score, SCORE_DIGITS) if score is not None else None
     return row
 
 
@@ -331,8 +340,9 @@ class ResultsFile:
         return self
 
     def write(self, row: dict) -> None:
-        if self.kind == "csv":
-            self._writer.writerow(["" if row[k] is None else row[k] for k in self.fields])
+        if self.kind == "csv":  # booleans as JSON writes them (true/false), None as an empty cell
+            self._writer.writerow(["" if row[k] is None else str(row[k]).lower() if isinstance(row[k], bool)
+                                   else row[k] for k in self.fields])
         else:
             self._handle.write(json.dumps({k: (None if row[k] == "" else row[k]) for k in self.fields}) + "\n")
         self._handle.flush()  # a row written is a row kept, should the run be interrupted

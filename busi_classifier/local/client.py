@@ -17,6 +17,8 @@ for ``--explain`` (the answer then carries the class activation map; its PNG ove
 ``"segment": true`` for ``--segment`` (the answer then carries the ``lesion``: whether one
 was found, its area and bounding box, printed on one line, and its outline, which
 ``--segment-out`` draws into a PNG copy of the image, upright);
+Where the model checks its input and the image is flagged (the answer's
+``input_check.in_distribution`` is false), a warning goes to stderr before the JSON;
 ``--api-key`` (or BUSI_API_KEY) adds the ``x-api-key`` header that an API deployed with
 ``ApiKeyRequired=true`` wants. Only the standard library is imported at module level;
 boto3 is imported lazily when ``--function`` or ``--stack`` is used, Pillow when
@@ -426,6 +428,19 @@ def is_prediction(answer: Any) -> bool:
     return isinstance(answer, dict) and "prediction" in answer and "error" not in answer
 
 
+def input_check_warning(answer: Any) -> str | None:
+    """The warning line for an answer whose input check flagged the image (None otherwise)."""
+    check = answer.get("input_check") if isinstance(answer, dict) else None
+    if not isinstance(check, dict) or check.get("in_distribution") is not False:
+        return None
+    score, threshold = check.get("score"), check.get("threshold")
+    numbers = (f" (input check score {score:.1f}, above its threshold {threshold:.1f})"
+               if isinstance(score, (int, float)) and isinstance(threshold, (int, float)) else
+               " (input check score not a number)")
+    return ("warning: this image does not look like the breast ultrasound images the model was trained on"
+            f"{numbers}: its class is not to be trusted")
+
+
 def summarize_error(answer: Any) -> str:
     """A one-line description of an error answer."""
     if isinstance(answer, dict):
@@ -679,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         _error("interrupted")
         return 130
 
+    warning = input_check_warning(answer) if is_prediction(answer) else None
+    if warning:
+        print(warning, file=sys.stderr)
     _print_json(answer)
     if is_prediction(answer):
         return 0

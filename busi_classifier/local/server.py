@@ -479,18 +479,27 @@ class LambdaHTTPServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
 
+FLAGGED = "NOT LIKE THE TRAINING IMAGES"  # the console's mark of an answer the input check flagged
+
+
 def summary(data: bytes) -> str:
-    """What a request log line says about an answer: the prediction or the error code."""
+    """What a request log line says about an answer: the prediction (marked where the input
+    check flagged the image), or the error code."""
     try:
         body = json.loads(data) if data else {}
     except ValueError:
         return ""
     if not isinstance(body, dict):
         return ""
+    def flagged(result) -> bool:
+        check = result.get("input_check") if isinstance(result, dict) else None
+        return isinstance(check, dict) and check.get("in_distribution") is False
+
     if "prediction" in body:
-        return str(body["prediction"])
-    if "predictions" in body:
-        return f"{len(body['predictions'])} predictions"
+        return str(body["prediction"]) + (f" ({FLAGGED})" if flagged(body) else "")
+    if "predictions" in body and isinstance(body["predictions"], list):
+        count = sum(flagged(p) for p in body["predictions"])
+        return f"{len(body['predictions'])} predictions" + (f" ({count} {FLAGGED})" if count else "")
     error = body.get("error")
     return str(error.get("code", "")) if isinstance(error, dict) else ""
 

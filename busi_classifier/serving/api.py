@@ -12,6 +12,10 @@ Any of them may ask for more than the prediction (FLAGS): ``"explain": true`` (t
 activation map) and ``"segment": true`` (the lesion outline, area and mask) in the JSON,
 or ``?explain=1`` / ``?segment=1`` on an API Gateway request, raw uploads included.
 
+A model with the input check (model.json ``input_check``) adds ``input_check`` (score,
+threshold, in_distribution) to every prediction; with OOD_ACTION=refuse (settings), an
+image it flags answers 422 ``out_of_distribution`` instead (in a batch: at images[i]).
+
 The shape of Powertools' event-handler resolver without its import cost: the routes are
 declared once (``@app.post("/predict")``), matched on the exact path after the stage
 prefix; exceptions are mapped to answers in one place (``@app.exception_handler``); every
@@ -97,6 +101,9 @@ ERRORS: dict[str, tuple[int, str]] = {
     "image_too_large": (413, ImageTooLargeError.message),
     "request_too_large": (413, "the images of this request have more pixels together than the limit of {limit} "
                                "pixels; send fewer or smaller images"),
+    "out_of_distribution": (422, "this image does not look like the breast ultrasound images the model was trained "
+                                 "on (its input check flagged it), so no class is given: send a breast ultrasound "
+                                 "image (B-mode, as the scanner exports it)"),
     "internal_error": (500, "the model could not process this request"),
     "explain_unavailable": (501, "this model was exported without class activation maps: re-export it with this "
                                  "version to use explain, or leave explain out"),
@@ -449,9 +456,11 @@ def predict_images(function: Function, request: Request, images: list[bytes], ba
     """Every image is pre-scanned (inspect_image: format, structure, size, shape) before any
     is decoded, the request's pixels are checked against MAX_REQUEST_PIXELS, and each
     image is decoded only when its estimated time (its decode, the model step, the lesion
-    post-processing with ``segment``) fits before the request's deadline."""
+    post-processing with ``segment``) fits before the request's deadline. With OOD_ACTION
+    refuse, an image the input check flags ends the request: 422 out_of_distribution."""
     request.images = images
     predictor = function.predictor
+    refuse = function.settings.ood_action == "refuse"
     if explain and not getattr(predictor, "has_maps", False):
         raise RequestError("explain_unavailable")
     if segment and not getattr(predictor, "segment_available", False):
@@ -481,10 +490,16 @@ def predict_images(function: Function, request: Request, images: list[bytes], ba
         deadline.require(decode_s + function.estimate_s(segment), f"image {i}")
         started = time.perf_counter()
         try:
-            results.append(predictor.predict_bytes(intake, **asked))
+            result = predictor.predict_bytes(intake, **asked)
         except Exception as exc:
             raise located(i, exc) from None
         function.observe(time.perf_counter() - started - decode_s, segment)
+        check = result.get("input_check")
+        if refuse and isinstance(check, dict) and check.get("in_distribution") is False:
+            refused = RequestError("out_of_distribution", detail=f"image {i}: input check score {check.get('score')} "
+                                                                 f"above the threshold {check.get('threshold')}")
+            raise refused.at(f"images[{i}]") if batch else refused
+        results.append(result)
     if batch:
         return {"predictions": results, "model_version": predictor.model_version}
     return {**results[0], "model_version": predictor.model_version}
@@ -498,18 +513,19 @@ def predict(function: Function, request: Request) -> dict:
 
 @app.get("/health")
 def health(function: Function, request: Request) -> dict:
-    """The model's version, classes, whether explain works, its test figures and whether
-    segment works (``model``: model_summary of its card; null for a model without
-    model.json, which cannot segment: the threshold is the card's) and the request
-    limits a client should check before sending (``limits.image_bytes``: decoded image
-    bytes per request)."""
+    """The model's version, classes, whether explain works, its test figures, whether
+    segment works and whether the input check is on and what a flagged image gets
+    (``model``: model_summary of its card and OOD_ACTION; null for a model without
+    model.json, which can neither segment nor check its input: the thresholds are the
+    card's) and the request limits a client should check before sending
+    (``limits.image_bytes``: decoded image bytes per request)."""
     from .model_summary import model_summary
 
     predictor = function.predictor
     card = getattr(predictor, "card", None)
     return {"status": "ok", "model_version": predictor.model_version, "classes": list(predictor.classes),
             "explain": bool(getattr(predictor, "has_maps", False)),
-            "model": model_summary(card) if card is not None else None,
+            "model": model_summary(card, function.settings.ood_action) if card is not None else None,
             "limits": {"image_bytes": MAX_IMAGE_BYTES}}
 
 
@@ -608,7 +624,11 @@ class Function:
                     metric_route: str, detail: str | None) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
         body = body or {}
-        predictions = [body["prediction"]] if "prediction" in body else [p["prediction"] for p in body.get("predictions", [])]
+        results = [body] if "prediction" in body else [p for p in body.get("predictions", []) if isinstance(p, dict)]
+        predictions = [r["prediction"] for r in results]
+        # images the input check flagged but answered (OOD_ACTION flag); a refused one is the error code
+        flagged = sum(isinstance(r.get("input_check"), dict) and r["input_check"].get("in_distribution") is False
+                      for r in results)
         error_code = body["error"]["code"] if "error" in body else None
         api_request_id = None
         if request.kind != "direct" and isinstance(request.event.get("requestContext"), dict):
@@ -619,7 +639,8 @@ class Function:
             event=request.kind, route=metric_route, method=request.method[:16] or None, status=status,
             latency_ms=round(latency_ms, 2), image_bytes=[len(i) for i in request.images] or None,
             prediction=predictions[0] if len(predictions) == 1 else None,
-            predictions=predictions if len(predictions) > 1 else None, error=error_code,
+            predictions=predictions if len(predictions) > 1 else None, input_check_flagged=flagged or None,
+            error=error_code,
             error_message=body["error"]["message"] if error_code else None, error_detail=detail,
         )
         self.telemetry.emit_request_metrics(metric_route, status, latency_ms, predictions, error_code, request_id(context))

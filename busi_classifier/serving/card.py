@@ -31,12 +31,15 @@ from .constants import (
     SIXTEEN_BIT_DIVISOR,
 )
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # Older versions this code still reads, and what each lacks (read as null; a card of that
 # version that has the field anyway is refused as an unknown field). 2: no class-map output
 # ("explain": the model answers without explanations); 2 and 3: no lesion output ("lesion":
-# a classify-only model, segment requests answer 501).
-READABLE_VERSIONS = {2: {"explain": None, "lesion": None}, 3: {"lesion": None}}
+# a classify-only model, segment requests answer 501); 2 to 4: no input check
+# ("input_check": the answers carry no input_check, and the file must have no features output).
+READABLE_VERSIONS = {2: {"explain": None, "lesion": None, "input_check": None},
+                     3: {"lesion": None, "input_check": None},
+                     4: {"input_check": None}}
 CARD_FILE = "model.json"
 SCHEMA_ID = "https://github.com/busi-classifier/schemas/model.schema.json"
 
@@ -110,6 +113,25 @@ class LesionSpec:
 
 
 @dataclass(frozen=True)
+class InputCheckSpec:
+    """The input check: how far an image's pooled features lie from the training images'
+    (serving/input_check.py). Its file lies beside the .tflite files; Predictor loads it and
+    checks it against this description (sha256, method, dims, threshold, the features
+    output's size): a missing or mismatched file is a load error, never a silent "no check"."""
+
+    file: str  # "input_check.npz", beside the .tflite files (a plain file name)
+    sha256: str  # of that file; checked at load
+    bytes: int
+    method: str  # e.g. "mahalanobis"
+    dims: int  # the PCA space the score is computed in
+    feature_output: str  # the TFLite output the check scores ("features": the pooled ResNet50 features)
+    threshold: float  # score above which an image is flagged (not like the training images)
+    threshold_rule: str  # how the threshold was chosen (one sentence: validation split, flag rate)
+    flag_rate: float  # the target share of in-distribution validation images flagged (0.05)
+    metrics: dict  # {"in_distribution": {...}, "sets": {name: {"n", "auroc", "flag_rate"}}, ...} ({} unmeasured)
+
+
+@dataclass(frozen=True)
 class Calibration:
     method: str  # "temperature" or "none"
     temperature: float  # 1.0 with method "none"
@@ -117,7 +139,7 @@ class Calibration:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """model.json, format_version 4 (2 and 3 are read too: see READABLE_VERSIONS)."""
+    """model.json, format_version 5 (2 to 4 are read too: see READABLE_VERSIONS)."""
 
     format_version: int
     name: str
@@ -128,6 +150,7 @@ class ModelCard:
     output: OutputSpec
     explain: ExplainSpec | None  # the class-map output; null: the model has none
     lesion: LesionSpec | None  # the lesion-map output; null: a classify-only model
+    input_check: InputCheckSpec | None  # the features output and its check file; null: no input check
     preprocessing: dict
     variants: dict[str, VariantEntry]
     default_variant: str
@@ -160,6 +183,8 @@ class ModelCard:
             raise ModelLoadError("model.json: field 'explain.shape' must be [1, h, w, number of classes]")
         if self.lesion is not None:
             self._check_lesion(self.lesion)
+        if self.input_check is not None:
+            self._check_input_check(self.input_check)
 
     def _check_lesion(self, lesion: LesionSpec) -> None:
         shape, stride, size = list(lesion.shape), lesion.stride, self.input.size
@@ -172,6 +197,29 @@ class ModelCard:
                                  f"cover the {size} x {size} input (h x stride and w x stride must be {size})")
         if not (math.isfinite(lesion.threshold) and 0 < lesion.threshold < 1):
             raise ModelLoadError("model.json: field 'lesion.threshold' must be a number between 0 and 1 (exclusive)")
+
+    @staticmethod
+    def _check_input_check(check: InputCheckSpec) -> None:
+        name = check.file
+        if (not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip()
+                or not name.isprintable()):
+            raise ModelLoadError("model.json: field 'input_check.file' must be a plain file name beside the model "
+                                 f"files (such as input_check.npz), not {name[:64]!r}")
+        if len(check.sha256) != 64 or any(c not in "0123456789abcdef" for c in check.sha256):
+            raise ModelLoadError("model.json: field 'input_check.sha256' must be 64 lowercase hexadecimal digits")
+        if check.bytes < 1:
+            raise ModelLoadError("model.json: field 'input_check.bytes' must be a positive integer")
+        if check.dims < 1:
+            raise ModelLoadError("model.json: field 'input_check.dims' must be at least 1")
+        if not check.method:
+            raise ModelLoadError("model.json: field 'input_check.method' must name the method")
+        if not check.feature_output:
+            raise ModelLoadError("model.json: field 'input_check.feature_output' must name the features output")
+        if not math.isfinite(check.threshold):
+            raise ModelLoadError("model.json: field 'input_check.threshold' must be a finite number")
+        if not (math.isfinite(check.flag_rate) and 0 < check.flag_rate < 1):
+            raise ModelLoadError("model.json: field 'input_check.flag_rate' must be a number between 0 and 1 "
+                                 "(exclusive)")
 
     # --- reading ------------------------------------------------------------------
 

@@ -4,8 +4,9 @@
 the served variant's test figures (accuracy and macro-F1 with their bootstrap 95 %
 intervals, the number of test images), the weights training started from, whether the
 training data was the synthetic demo set, whether the model outlines lesions
-(``segment``: its card describes a lesion output), a one-line ``text`` and, for a demo
-model, a ``notice``. ``GET /health`` carries it as ``"model"`` (the page shows it under
+(``segment``: its card describes a lesion output), whether it checks its input and what
+a flagged image gets (``input_check``), a one-line ``text`` and, for a demo model, a
+``notice``. ``GET /health`` carries it as ``"model"`` (the page shows it under
 the class and asks for the lesion outline only where ``segment`` is true)
 and ``python -m busi_classifier predict`` prints it beside its table.
 
@@ -27,6 +28,7 @@ import math
 import re
 
 from .card import ModelCard
+from .settings import DEFAULT_OOD_ACTION, OOD_ACTIONS
 
 # Where the figures are explained in full (the real-data run, intervals, what they do not say)
 REPORT = "docs/evaluation.md"
@@ -34,16 +36,21 @@ DEMO_NOTICE = "demo model, synthetic data: not a classifier of real scans"
 SYNTHETIC_WORD = re.compile(r"synthetic", re.IGNORECASE)
 
 
-def model_summary(card: ModelCard) -> dict:
+def model_summary(card: ModelCard, ood_action: str = DEFAULT_OOD_ACTION) -> dict:
     """The served model's test figures and provenance, from its card.
 
     Args:
         card: the served model's card (model.json).
+        ood_action: what the API does with an image the input check flags (OOD_ACTION:
+            "flag" or "refuse"; the local tools always flag).
 
     Returns:
         ``{"model_version", "variant", "test", "weights", "initialisation", "synthetic",
-        "synthetic_basis", "segment", "notice", "text", "report"}``: ``segment`` is
-        whether the model has a lesion map (``"segment": true`` requests work); ``test`` is ``{"split",
+        "synthetic_basis", "segment", "input_check", "notice", "text", "report"}``: ``segment`` is
+        whether the model has a lesion map (``"segment": true`` requests work);
+        ``input_check`` is ``{"available", "action", "method", "threshold", "flag_rate"}``
+        (``available`` false, the rest null but ``action``, for a model without the check:
+        its answers carry no ``input_check`` and nothing is refused); ``test`` is ``{"split",
         "images", "accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95",
         "bootstrap_unit"}`` or None when model.json holds no test figures (an export
         without evaluation data); an interval is ``[low, high]`` or None; ``weights`` is
@@ -71,6 +78,7 @@ def model_summary(card: ModelCard) -> dict:
         "synthetic": synthetic,
         "synthetic_basis": basis,
         "segment": card.lesion is not None,
+        "input_check": _input_check(card, ood_action),
         "notice": DEMO_NOTICE if synthetic else None,
         "text": text,
         "report": REPORT,
@@ -118,6 +126,17 @@ def _test_figures(test) -> dict | None:
         "macro_f1_ci95": _interval(intervals.get("macro_f1")),
         "bootstrap_unit": unit if isinstance(unit, str) else None,
     }
+
+
+def _input_check(card: ModelCard, ood_action: str) -> dict:
+    """Whether the answers carry ``input_check``, and what a flagged image gets."""
+    if ood_action not in OOD_ACTIONS:
+        raise ValueError(f"ood_action {ood_action!r}: expected one of {', '.join(OOD_ACTIONS)}")
+    spec = card.input_check
+    if spec is None:
+        return {"available": False, "action": ood_action, "method": None, "threshold": None, "flag_rate": None}
+    return {"available": True, "action": ood_action, "method": spec.method, "threshold": spec.threshold,
+            "flag_rate": spec.flag_rate}
 
 
 def _weights(value) -> str | None:

@@ -2,12 +2,18 @@
 
 The served graph's outputs are told apart by shape, not position (the converter orders
 them by name): the probabilities ``[1, classes]``, the class maps ``[1, h, w, classes]``
-(explain) and the lesion map ``[1, h, w, 1]`` (segment). model.json must describe every
-output the file has, and the file must have every output model.json describes.
+(explain), the lesion map ``[1, h, w, 1]`` (segment) and the pooled features ``[1, F]``
+with F != classes (the input check). model.json must describe every output the file has,
+and the file must have every output model.json describes. Where model.json has an
+``input_check``, its file (``input_check.npz`` beside the .tflite files) is loaded and
+checked at init (sha256, method, dims, threshold, feature size): any problem is a
+ModelLoadError naming the file; every answer then carries ``input_check`` (score,
+threshold, in_distribution) from the same invoke.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -15,10 +21,11 @@ import numpy as np
 
 from .card import ModelCard, ModelLoadError
 from .decode import SWAPPING_ORIENTATIONS, Intake, decode_image, inspect_image
+from .input_check import InputCheck, InputCheckError
 from .lesion import MAP_STRIDE, lesion_answer
 
 __all__ = ["ExplainUnavailableError", "ModelLoadError", "Predictor", "SegmentUnavailableError", "apply_temperature",
-           "available_cpus", "resolve_model_file", "upright_size"]
+           "available_cpus", "input_check_answer", "resolve_model_file", "upright_size"]
 
 
 class ExplainUnavailableError(RuntimeError):
@@ -36,6 +43,19 @@ def upright_size(intake: Intake) -> tuple[int, int]:
     if intake.orientation in SWAPPING_ORIENTATIONS:
         return intake.height, intake.width
     return intake.width, intake.height
+
+
+def input_check_answer(check: InputCheck, features: np.ndarray) -> dict:
+    """The answer's ``input_check``: ``{"score", "threshold", "in_distribution"}`` for one
+    image's features. A score that is not a finite number (features with NaN or infinity)
+    counts as flagged and is sent as null: JSON has no NaN."""
+    with np.errstate(all="ignore"):  # NaN or infinite features: a NaN score, flagged below (no warning line)
+        answer = check.answer(features)
+    score = answer["score"]
+    if not math.isfinite(score):
+        return {"score": None, "threshold": answer["threshold"], "in_distribution": False}
+    return {"score": float(score), "threshold": float(answer["threshold"]),
+            "in_distribution": bool(answer["in_distribution"])}
 
 
 def available_cpus() -> int:
@@ -137,19 +157,24 @@ class Predictor:
         probabilities = [o for o in outputs if list(o["shape"]) == [1, n_classes]]
         maps = [o for o in outputs if len(o["shape"]) == 4 and int(o["shape"][-1]) == n_classes]
         lesion = [o for o in outputs if len(o["shape"]) == 4 and int(o["shape"][-1]) == 1]
-        if (len(probabilities) != 1 or len(maps) > 1 or len(lesion) > 1
-                or len(outputs) != 1 + len(maps) + len(lesion)):
+        features = [o for o in outputs if len(o["shape"]) == 2 and int(o["shape"][0]) == 1
+                    and int(o["shape"][1]) not in (n_classes, 0)]
+        if (len(probabilities) != 1 or len(maps) > 1 or len(lesion) > 1 or len(features) > 1
+                or len(outputs) != 1 + len(maps) + len(lesion) + len(features)):
             raise ModelLoadError(f"{self.model_path.name}: expected an output of shape [1, {n_classes}] (and "
-                                 f"optionally class maps [1, h, w, {n_classes}] and a lesion map [1, h, w, 1]), got "
-                                 f"{[[int(v) for v in o['shape']] for o in outputs]}")
+                                 f"optionally class maps [1, h, w, {n_classes}], a lesion map [1, h, w, 1] and "
+                                 f"pooled features [1, F]), got {[[int(v) for v in o['shape']] for o in outputs]}")
         self._output = probabilities[0]
         self._maps = maps[0] if maps else None
         self._lesion = lesion[0] if lesion else None
+        self._features = features[0] if features else None
+        self.input_check: InputCheck | None = None
         if self.card is not None and self.card.explain is not None and self._maps is None:
             raise ModelLoadError(f"model.json says the model has class maps, but {self.model_path.name} has no "
                                  "such output")
         if self.card is not None:
             self._check_lesion(self.card)
+            self.input_check = self._load_input_check(self.card)
         expected = [1, self.image_size, self.image_size, 3]
         if list(self._input["shape"]) != expected:
             raise ModelLoadError(f"model input shape {list(self._input['shape'])} does not match model.json {expected}")
@@ -172,6 +197,47 @@ class Predictor:
         if card.lesion is not None and card.lesion.stride != MAP_STRIDE:
             raise ModelLoadError(f"model.json's lesion map has stride {card.lesion.stride}; this version serves lesion "
                                  f"maps of stride {MAP_STRIDE} (one cell per {MAP_STRIDE} x {MAP_STRIDE} input pixels)")
+
+    def _load_input_check(self, card: ModelCard) -> InputCheck | None:
+        """model.json and the file agree on the features output, and the check file beside
+        the model is the one the card describes (None: neither has a check)."""
+        name, spec = self.model_path.name, card.input_check
+        dim = None if self._features is None else int(self._features["shape"][1])
+        if spec is None:
+            if dim is not None:
+                raise ModelLoadError(f"{name} has a features output [1, {dim}], but model.json (format_version "
+                                     f"{card.format_version}) does not describe it (no input_check field, or null): "
+                                     "re-export the model with this version")
+            return None
+        if dim is None:
+            raise ModelLoadError(f"model.json says the model has an input check on its {spec.feature_output!r} "
+                                 f"output, but {name} has no features output (a [1, F] output)")
+        path = self.model_path.parent / spec.file
+        try:
+            check = InputCheck.load(path, spec.sha256, feature_dim=dim)
+        except InputCheckError as exc:
+            raise ModelLoadError(f"input check file {spec.file}: {exc}") from None
+        for field, card_value, file_value in (("method", spec.method, check.method), ("dims", spec.dims, check.dims),
+                                              ("threshold", spec.threshold, check.threshold)):
+            if card_value != file_value:
+                raise ModelLoadError(f"input check file {spec.file}: its {field} is {file_value!r}, model.json's "
+                                     f"input_check.{field} is {card_value!r} (the file is not the one exported with "
+                                     "this model.json)")
+        if path.stat().st_size != spec.bytes:
+            raise ModelLoadError(f"input check file {spec.file}: {path.stat().st_size} bytes, model.json says "
+                                 f"{spec.bytes}")
+        return check
+
+    @property
+    def has_input_check(self) -> bool:
+        """Whether every answer carries ``input_check`` (model.json describes the check and
+        its file was loaded)."""
+        return self.input_check is not None
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the model file has the pooled-features output (raw_all returns it)."""
+        return self._features is not None
 
     @property
     def has_maps(self) -> bool:
@@ -210,7 +276,7 @@ class Predictor:
         raw activation maps (see serving/explain.py)."""
         if self._maps is None:
             raise ExplainUnavailableError(f"{self.model_path.name} has no class-map output")
-        probabilities, maps, _ = self._run(image, calibrated, maps=True)
+        probabilities, maps, _, _ = self._run(image, calibrated, maps=True)
         return probabilities, maps
 
     def raw_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -223,14 +289,17 @@ class Predictor:
     def raw_all(self, images: np.ndarray) -> dict:
         """Every output, uncalibrated, one invoke per preprocessed uint8 image:
         ``{"probabilities": (N, classes), "class_maps": (N, h, w, classes) or None,
-        "lesion": (N, h, w) probabilities or None}`` (None: the model has no such output)."""
+        "lesion": (N, h, w) probabilities or None, "features": (N, F) float32 or None}``
+        (None: the model has no such output)."""
         n_classes = len(self.classes)
-        probabilities, maps, lesion = [], [], []
+        probabilities, maps, lesion, features = [], [], [], []
         for image in images:
-            p, m, g = self._run(image, calibrated=False, maps=self.has_maps, lesion=self.has_lesion)
+            p, m, g, f = self._run(image, calibrated=False, maps=self.has_maps, lesion=self.has_lesion,
+                                   features=self.has_features)
             probabilities.append(p)
             maps.append(m)
             lesion.append(g)
+            features.append(f)
 
         def stacked(rows, detail):
             if detail is None:
@@ -241,16 +310,19 @@ class Predictor:
             "probabilities": np.stack(probabilities) if probabilities else np.zeros((0, n_classes)),
             "class_maps": stacked(maps, None if self._maps is None else (*self._maps["shape"][1:3], n_classes)),
             "lesion": stacked(lesion, None if self._lesion is None else tuple(self._lesion["shape"][1:3])),
+            "features": stacked(features, None if self._features is None else (int(self._features["shape"][1]),)),
         }
 
-    def _run(self, image: np.ndarray, calibrated: bool = True, maps: bool = False,
-             lesion: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(probabilities, class maps (h, w, classes) or None, lesion map (h, w) or None)
-        from one invoke."""
+    def _run(self, image: np.ndarray, calibrated: bool = True, maps: bool = False, lesion: bool = False,
+             features: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """(probabilities, class maps (h, w, classes) or None, lesion map (h, w) or None,
+        pooled features (F,) float32 or None) from one invoke."""
         self._invoke(image)
         class_maps = np.array(self.interpreter.get_tensor(self._maps["index"])[0], dtype=np.float64) if maps else None
         grid = np.array(self.interpreter.get_tensor(self._lesion["index"])[0, ..., 0], dtype=np.float64) if lesion else None
-        return self._probabilities(calibrated), class_maps, grid
+        pooled = (np.array(self.interpreter.get_tensor(self._features["index"])[0], dtype=np.float32)
+                  if features else None)
+        return self._probabilities(calibrated), class_maps, grid, pooled
 
     def _probabilities(self, calibrated: bool) -> np.ndarray:
         raw = np.array(self.interpreter.get_tensor(self._output["index"])[0], dtype=np.float64)
@@ -269,7 +341,8 @@ class Predictor:
         """Prediction for image bytes (or what ``inspect_image`` made of them): the answer
         the API returns for one image; with ``explain``, the predicted class's activation
         map and an overlay PNG as well; with ``segment``, the ``lesion`` object (outline,
-        area, mask in the uploaded image's own upright pixels: serving/lesion.py). One
+        area, mask in the uploaded image's own upright pixels: serving/lesion.py); where the
+        model has the input check, always its ``input_check`` (``input_check_answer``). One
         invoke either way."""
         if explain and self._maps is None:
             raise ExplainUnavailableError(f"{self.model_path.name} has no class-map output")
@@ -277,12 +350,15 @@ class Predictor:
             raise SegmentUnavailableError(f"{self.model_path.name} has no lesion output with a model.json threshold")
         intake = inspect_image(data)  # an Intake is returned as it is: inspected once
         image = decode_image(intake, self.image_size)  # decoded once
-        probabilities, maps, grid = self._run(image, maps=explain, lesion=segment)
+        check = self.input_check
+        probabilities, maps, grid, features = self._run(image, maps=explain, lesion=segment, features=check is not None)
         index = int(np.argmax(probabilities))
         answer = {
             "prediction": self.classes[index],
             "probabilities": {name: float(p) for name, p in zip(self.classes, probabilities, strict=True)},
         }
+        if check is not None:
+            answer["input_check"] = input_check_answer(check, features)
         if explain:
             from .explain import explanation
 

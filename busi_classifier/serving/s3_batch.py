@@ -13,8 +13,9 @@ mapping: this module never imports api, so imports run one way): the two shapes 
 The answer is ``{"invocationSchemaVersion": <same>, "treatMissingKeysAs":
 "PermanentFailure", "invocationId": <same>, "results": [{"taskId", "resultCode",
 "resultString"}]}``, one result per task, in order. ``resultString`` is a short JSON
-object: ``{"status": "scored", "prediction", "result": "s3://..."}``, ``{"status":
-"already scored", "result"}`` or ``{"error": code, "message": sentence}``.
+object: ``{"status": "scored", "prediction", "result": "s3://..."}`` (plus
+``"in_distribution"`` where the model has the input check), ``{"status": "already
+scored", "result"}`` or ``{"error": code, "message": sentence}``.
 
 Per task (the key arrives URL-encoded: ``unquote_plus``):
 
@@ -27,7 +28,9 @@ Per task (the key arrives URL-encoded: ``unquote_plus``):
    the pixel and deadline checks, predictor.predict_bytes; errors through ``error_for``,
    api.app.error_for, so a refused image gets the API's code);
 4. PUT the result (bucket, key, version_id, etag, size, model_version, prediction,
-   probabilities) with ``IfNoneMatch: *``: two runs racing write it once.
+   probabilities, and input_check where the model has the check) with ``IfNoneMatch: *``:
+   two runs racing write it once. With OOD_ACTION=refuse an image the check flags is the
+   API's 422 ``out_of_distribution``: a PermanentFailure, nothing written.
 
 Result codes: ``Succeeded``; ``TemporaryFailure`` (S3 Batch retries it) for throttling
 (SlowDown, 429, 503), other S3 5xx, timeouts and dropped connections, the model not being
@@ -236,6 +239,10 @@ def score_task(function, client, task: dict, schema: str, deadline, intake, erro
     document = {"bucket": bucket, "key": key, "version_id": head.get("VersionId") or version_id, "etag": etag,
                 "size": len(data), "model_version": model_version, "prediction": answer["prediction"],
                 "probabilities": answer["probabilities"]}
+    scored = {"status": "scored", "prediction": answer["prediction"], "result": result}
+    if "input_check" in answer:  # a model with the input check: whether the image looks like the training images
+        document["input_check"] = answer["input_check"]
+        scored["in_distribution"] = answer["input_check"]["in_distribution"]
     from botocore.exceptions import ClientError
 
     try:
@@ -247,8 +254,7 @@ def score_task(function, client, task: dict, schema: str, deadline, intake, erro
         raise s3_failure(exc, "PutObject(result)") from None
     except Exception as exc:  # noqa: BLE001 - botocore's own errors, mapped
         raise s3_failure(exc, "PutObject(result)") from None
-    return Outcome(SUCCEEDED, {"status": "scored", "prediction": answer["prediction"], "result": result},
-                   answer["prediction"])
+    return Outcome(SUCCEEDED, scored, answer["prediction"])
 
 
 def result_string(summary: dict) -> str:

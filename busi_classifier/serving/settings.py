@@ -20,6 +20,12 @@ in the serving code reads ``os.environ`` after that: the settings are passed dow
 | CORS_ALLOW_ORIGIN | ``*`` | an origin or ``*``; empty: no CORS header |
 | RESULTS_BUCKET | empty: each S3 Batch task's own bucket | an S3 bucket name (3..63 of ``a-z 0-9 . -``) |
 | RESULTS_PREFIX | ``busi-results/`` | an S3 key prefix ending in ``/``, 1..512 printable characters, no leading ``/`` |
+| OOD_ACTION | ``flag`` | ``flag`` or ``refuse`` (any case) |
+
+OOD_ACTION is what the API does with an image the input check flags (not like the
+training images; a model whose model.json has an input_check): ``flag`` answers as usual,
+with ``input_check.in_distribution`` false; ``refuse`` answers 422 ``out_of_distribution``
+instead of a class (docs/api.md says why ``flag`` is the default).
 
 RESULTS_* apply to S3 Batch Operations invocations only (s3_batch.py): results go to
 ``s3://RESULTS_BUCKET/RESULTS_PREFIX{model_version}/{etag}.json``. The endpoint, region and
@@ -51,6 +57,8 @@ _VARIANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 DEFAULT_RESULTS_PREFIX = "busi-results/"
 MAX_RESULTS_PREFIX = 512
+OOD_ACTIONS = ("flag", "refuse")  # what a flagged image gets: the answer with in_distribution false, or a 422
+DEFAULT_OOD_ACTION = "flag"
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class ServingSettings:
     cors_allow_origin: str = "*"
     results_bucket: str | None = None  # None: each S3 Batch task's own bucket
     results_prefix: str = DEFAULT_RESULTS_PREFIX
+    ood_action: str = DEFAULT_OOD_ACTION  # "flag" or "refuse": what an image the input check flags gets
     log_format: str = "json"  # "json" (Lambda, CloudWatch) or "text" (the local server's console)
     errors: tuple[str, ...] = field(default=())  # one sentence per invalid variable
 
@@ -188,5 +197,13 @@ class ServingSettings:
             else:
                 bad("RESULTS_PREFIX", prefix, f"a key prefix ending in / such as {DEFAULT_RESULTS_PREFIX} "
                                               f"(at most {MAX_RESULTS_PREFIX} printable characters, no leading /)")
+
+        action = get("OOD_ACTION")
+        if action:
+            if action.lower() in OOD_ACTIONS:
+                values["ood_action"] = action.lower()
+            else:
+                bad("OOD_ACTION", action, "flag (answer, with input_check.in_distribution false) or refuse (answer "
+                                          "422 out_of_distribution)")
 
         return cls(**values, errors=tuple(errors))

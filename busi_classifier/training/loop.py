@@ -551,12 +551,13 @@ def gate_evidence(model, data: PreparedData, config: TrainConfig, lesion_thresho
     """The images the TFLite variants are checked against the Keras model on: every
     train and validation image and one augmented view of each (all transforms), at most
     GATE_MAX_IMAGES of them; never a test image. ``model``: the served graph
-    (``explain_model``: probabilities and class maps, and the lesion map of a multitask
-    model, compared at ``lesion_threshold``). Returns a ``GateEvidence``."""
+    (``explain_model``: probabilities, class maps and pooled features, and the lesion map
+    of a multitask model, compared at ``lesion_threshold``). Returns a ``GateEvidence``
+    (the input check itself is added by ``export_model``)."""
     from busi_classifier.config import AUGMENTATIONS
     from busi_classifier.evaluation.served import GateEvidence
     from busi_classifier.training.augmentation import build_augmenter
-    from busi_classifier.training.model import CAM_OUTPUT
+    from busi_classifier.training.model import CAM_OUTPUT, FEATURES_OUTPUT
 
     x, y = data.x, data.y
     images = np.concatenate([x["train"], x["val"]])
@@ -573,15 +574,19 @@ def gate_evidence(model, data: PreparedData, config: TrainConfig, lesion_thresho
     description = (f"train+val: {len(images)} images (each image and one augmented view, at most "
                    f"{GATE_MAX_IMAGES}); no test image")
     lesion = outputs.get("lesion")
+    features = outputs.get(FEATURES_OUTPUT)
     return GateEvidence(images, labels, np.asarray(outputs["probabilities"], dtype=np.float64),
                         np.asarray(outputs[CAM_OUTPUT], dtype=np.float64), description,
                         reference_lesion=None if lesion is None else np.asarray(lesion, dtype=np.float64)[..., 0],
-                        lesion_threshold=lesion_threshold if lesion is not None else None)
+                        lesion_threshold=lesion_threshold if lesion is not None else None,
+                        reference_features=None if features is None else np.asarray(features, dtype=np.float32),
+                        flag_rate=config.input_check_flag_rate)
 
 
 def export_model(model, out_dir: Path, config: TrainConfig, dataset_info: dict, calibration: dict | None = None,
                  representative: np.ndarray | None = None, gate=None, test=None, progress: bool = True,
-                 verbose: bool = False, lesion_threshold: tuple[float, str] | None = None) -> tuple[dict, object]:
+                 verbose: bool = False, lesion_threshold: tuple[float, str] | None = None,
+                 input_check=None) -> tuple[dict, object]:
     """Write model.keras, every TFLite variant and model.json into ``out_dir``; return
     (the metadata, the served variant's test score or None). Export converts and writes
     the card; evaluation measures the files (busi_classifier.evaluation.served).
@@ -605,14 +610,22 @@ def export_model(model, out_dir: Path, config: TrainConfig, dataset_info: dict, 
         verbose: show the TFLite converter's and LiteRT's own output.
         lesion_threshold: (threshold, rule) of a multitask model's lesion map, chosen on
             the validation split (0.5 and a rule saying so when None).
+        input_check: an ``evaluation.served.InputCheckPlan`` (the check fitted on the
+            training split, the validation images, the out-of-distribution sets): every
+            variant gets the pooled features as an output, each is gated on its decisions
+            too, the served file's threshold is chosen on its validation features, the check
+            is written to input_check.npz and measured with ``test``; None: no features
+            output, no input check (the card's ``input_check`` is null).
 
     Returns:
         (model.json's content, the served variant's ``ServedScore`` or None without ``test``).
     """
-    from busi_classifier.evaluation.served import card_metrics, gate_variants, score_served
+    from busi_classifier.evaluation.served import card_metrics, gate_variants, score_served, threshold_on_file
     from busi_classifier.export.tflite import write_card, write_model_files
+    from busi_classifier.serving.input_check import FILE as INPUT_CHECK_FILE
     from busi_classifier.training.model import (
         CAM_OUTPUT,
+        FEATURES_OUTPUT,
         LESION_OUTPUT,
         LESION_STRIDE,
         explain_model,
@@ -620,7 +633,8 @@ def export_model(model, out_dir: Path, config: TrainConfig, dataset_info: dict, 
         inference_copy,
     )
 
-    served_graph = explain_model(model)  # + the class maps (and the lesion map) as outputs of every variant
+    # + the class maps, the pooled features (and the lesion map) as outputs of every variant
+    served_graph = explain_model(model, features=input_check is not None)
     map_shape = [1, *[int(d) for d in served_graph.get_layer(CAM_OUTPUT).output.shape[1:]]]
     lesion = None
     if has_lesion(model):
@@ -631,17 +645,104 @@ def export_model(model, out_dir: Path, config: TrainConfig, dataset_info: dict, 
     # model.keras uncompiled: no optimizer state in the file
     files = write_model_files(inference_copy(model), served_graph, out_dir, config.variants, representative,
                               progress, verbose)
+    (out_dir / INPUT_CHECK_FILE).unlink(missing_ok=True)  # never a check of an older run beside these files
+    if gate is not None and input_check is not None:
+        gate = dataclasses.replace(gate, input_check=input_check.check, check_images=input_check.val_images,
+                                   flag_rate=input_check.flag_rate)
     default, reason, evidence_split = gate_variants(out_dir, files, gate, config.image_size, verbose)
+    served_check, val_scores, spec = None, None, None
+    if input_check is not None:
+        served_check, val_scores = threshold_on_file(out_dir / files[default]["file"], input_check.check,
+                                                     input_check.val_images, input_check.flag_rate,
+                                                     config.image_size, verbose)
+        digest = served_check.save(out_dir / INPUT_CHECK_FILE)
+        spec = {"file": INPUT_CHECK_FILE, "sha256": digest, "bytes": (out_dir / INPUT_CHECK_FILE).stat().st_size,
+                "method": served_check.method, "dims": served_check.dims, "feature_output": FEATURES_OUTPUT,
+                "threshold": served_check.threshold, "threshold_rule": served_check.threshold_rule,
+                "flag_rate": float(input_check.flag_rate), "metrics": {}}
     score = None
     if test is not None:
         score = score_served(out_dir / files[default]["file"], default, test, config.image_size, verbose,
-                             lesion_threshold=lesion["threshold"] if lesion else None)
+                             lesion_threshold=lesion["threshold"] if lesion else None, input_check=served_check,
+                             ood=input_check, val_scores=val_scores)
         if lesion is not None and "segmentation" in score.metrics:
             lesion["metrics"] = score.metrics["segmentation"]
+        if spec is not None and score.input_check is not None:
+            spec["metrics"] = {k: v for k, v in score.input_check.items() if k != "timings_s"}
     meta = write_card(out_dir, config, dataset_info, files, default, reason, evidence_split,
                       {"output": CAM_OUTPUT, "shape": map_shape}, calibration,
-                      card_metrics(score, test.keras_metrics) if score is not None else {}, lesion=lesion)
+                      card_metrics(score, test.keras_metrics) if score is not None else {}, lesion=lesion,
+                      input_check=spec)
     return meta, score
+
+
+def input_check_plan(model, data: PreparedData, config: TrainConfig, synthetic: bool):
+    """Fit the input check on the Keras model's pooled features of the training split
+    (``input_check_fit.fit_input_check``, its default method and dimensions), with the
+    threshold chosen on its validation features (the reference the variants' decisions are
+    gated against; the served file's own threshold is chosen by ``export_model``), and
+    build the out-of-distribution sets it is measured on (``export_ood_sets``).
+
+    Args:
+        model: the float32 Keras model (its ``avg_pool`` output).
+        data: the decoded splits and the samples (files of the test images and masks).
+        config: ``input_check_flag_rate``, ``input_check_ood_images``, ``seed``, ``batch_size``.
+        synthetic: the training data is the project's synthetic set (then that set is in
+            distribution and left out).
+
+    Returns:
+        an ``evaluation.served.InputCheckPlan``.
+    """
+    from busi_classifier.evaluation.input_check_fit import choose_threshold, fit_input_check
+    from busi_classifier.evaluation.served import InputCheckPlan
+
+    t0 = time.perf_counter()
+    n_train = len(data.x["train"])  # one predict of both splits (one trace of the feature model)
+    features = extract_features(model, np.concatenate([data.x["train"], data.x["val"]]), config.batch_size)[0]
+    train_features, val_features = features[:n_train], features[n_train:]
+    check = choose_threshold(fit_input_check(train_features, data.y["train"]), val_features,
+                             config.input_check_flag_rate)
+    fitted = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sets, left_out = export_ood_sets(data, config, synthetic)
+    print(f"input check: {check.method} in {check.dims} dimensions, fitted on {len(train_features)} training images "
+          f"({fitted:.1f} s); {len(sets)} out-of-distribution set(s) of up to {config.input_check_ood_images} images "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    return InputCheckPlan(check, data.x["val"], config.input_check_flag_rate, sets, left_out,
+                          config.input_check_ood_images, config.seed,
+                          {"fit (features and check)": round(fitted, 2),
+                           "building the sets": round(time.perf_counter() - t0, 2)})
+
+
+def export_ood_sets(data: PreparedData, config: TrainConfig, synthetic: bool) -> tuple[dict, dict]:
+    """The out-of-distribution sets of the export (``evaluation.ood_sets.ood_sets``,
+    ``config.input_check_ood_images`` images per set, ``config.seed``): from the test
+    split's image files (the near-misses) and mask files, a synthetic set generated into a
+    temporary folder (unless the training data is synthetic: then it is in distribution),
+    and what installed packages ship. Returns (sets, {set left out: why})."""
+    import tempfile
+
+    from busi_classifier.evaluation.ood_sets import SYNTHETIC, available_sources, ood_sets
+
+    n = config.input_check_ood_images
+    if not n:
+        return {}, {"all sets": "not measured (--input-check-ood-images 0)"}
+    test = data.result.splits["test"]
+    images = [s.path.read_bytes() for s in test]
+    masks = [m.read_bytes() for s in test for m in s.masks]
+    with tempfile.TemporaryDirectory(prefix="busi-ood-") as folder:
+        synthetic_dir = None
+        if not synthetic:
+            from busi_classifier.data.synthetic import generate_dataset
+
+            synthetic_dir = generate_dataset(Path(folder), per_class=-(-n // len(CLASSES)), seed=config.seed,
+                                             progress=False)
+        sets = ood_sets(images, masks or None, synthetic_dir, n_per_set=n, seed=config.seed)
+        reasons = available_sources(images, masks or None, synthetic_dir)
+    left_out = {name: reason for name, reason in reasons.items() if reason is not None}
+    if synthetic:
+        left_out[SYNTHETIC] = "the training data is the project's synthetic set: in distribution, not out of it"
+    return sets, left_out
 
 
 def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluation, progress: bool,
@@ -694,10 +795,11 @@ def export(model, data: PreparedData, config: TrainConfig, evaluation: Evaluatio
     masks = [mask_for_input(s.masks, config.image_size) for s in data.result.splits["test"]]
     test = TestSet(x["test"], y["test"], test_groups(data), evaluation.test_metrics, masks, evaluation.temperature,
                    config.bootstrap_resamples, config.seed)
+    plan = input_check_plan(export_source, data, config, dataset_info["synthetic"])
     meta, served = export_model(export_source, Path(config.out_dir), config, dataset_info, card_calibration,
                                 representative, gate, test, progress, verbose=verbose,
                                 lesion_threshold=None if evaluation.lesion_threshold is None else
-                                (evaluation.lesion_threshold, evaluation.lesion_threshold_rule))
+                                (evaluation.lesion_threshold, evaluation.lesion_threshold_rule), input_check=plan)
     print(f"default variant: {meta['default_variant']} ({meta['default_variant_reason']})", flush=True)
     return meta, served
 
@@ -737,12 +839,27 @@ def write_reports(config: TrainConfig, data: PreparedData, evaluation: Evaluatio
                                        f"test split, {served.file}", groups=test_groups(data))
         if outlines is not None:
             figures["lesion outlines"] = outlines
+    check = meta.get("input_check")
+    if getattr(served, "input_check_scores", None) is not None and check:
+        from busi_classifier.evaluation.ood_sets import ood_figure
+
+        figures["input check"] = ood_figure(served.input_check_scores["test"], served.input_check_scores["sets"],
+                                            check["threshold"], figures_dir / "ood_scores.png",
+                                            f"Input check ({check['method']}, {check['dims']} dimensions): "
+                                            f"{served.file}, test split vs other images",
+                                            in_label=("synthetic test split" if meta["dataset"].get("synthetic")
+                                                      else "BUSI test split") + " (in distribution)")
     write_json(out_dir / "metrics.json", {
         "model_version": meta["model_version"],
         "served": {"variant": served.variant, "file": served.file, "test": served.metrics},
         "test": evaluation.test_metrics,  # the Keras model (model.keras)
         "val": evaluation.val_metrics,
         "calibration": evaluation.calibration,
+        # the served file's input check: threshold, flag rates, AUROC per set, what it took
+        **({"input_check": {"file": check["file"], "method": check["method"], "dims": check["dims"],
+                            "threshold": check["threshold"], "threshold_rule": check["threshold_rule"],
+                            **served.input_check}}
+           if check and getattr(served, "input_check", None) is not None else {}),
         "timings_s": {k: round(v, 2) for k, v in runner.timings.items()},
         "figures": {k: str(v) for k, v in figures.items()},
     })

@@ -16,8 +16,8 @@ from busi_classifier.serving.constants import CLASSES
 from busi_classifier.training.preflight import WEIGHTS_FILE_HINT, WeightsError, imagenet_unavailable
 
 __all__ = ["ResNet50Preprocess", "WeightsError", "build_base", "build_model", "freeze_base", "load_keras_model",
-           "unfreeze_top", "inference_copy", "explain_model", "CAM_OUTPUT", "LESION_OUTPUT", "PYRAMID_LAYERS",
-           "multiply_adds"]
+           "unfreeze_top", "inference_copy", "explain_model", "CAM_OUTPUT", "FEATURES_OUTPUT", "LESION_OUTPUT",
+           "PYRAMID_LAYERS", "multiply_adds"]
 
 RANDOM_INIT_BN_MOMENTUM = 0.9
 LESION_OUTPUT = "lesion"
@@ -159,29 +159,39 @@ def inference_copy(model: keras.Model) -> keras.Model:
 
 
 CAM_OUTPUT = "class_maps"
+# The pooled ResNet50 features (the classifier's input): what the input check scores
+# (busi_classifier.serving.input_check), from the same invoke as the probabilities.
+FEATURES_OUTPUT = "features"
+FEATURES_LAYER = "avg_pool"
 
 
-def explain_model(model: keras.Model) -> keras.Model:
-    """The served graph: ``model``'s layers and weights with a second output, the class
+def explain_model(model: keras.Model, features: bool = True) -> keras.Model:
+    """The served graph: ``model``'s layers and weights with more outputs: the class
     activation maps (batch, h, w, classes): the feature map that enters the global
     average pooling (the last ResNet50 block) weighted by the dense layer's kernel, as a
-    1x1 convolution without bias (dropout is the identity at inference). The first
-    output is ``model``'s probabilities, unchanged.
+    1x1 convolution without bias (dropout is the identity at inference); the pooled
+    features (batch, channels), the ``avg_pool`` output the input check scores; and a
+    multitask model's lesion map. The probabilities are ``model``'s, unchanged.
 
     Args:
         model: a functional model with an ``avg_pool`` (GlobalAveragePooling2D) layer
             feeding a ``probabilities`` dense layer, as ``build_model`` makes.
+        features: add the pooled features output (``FEATURES_OUTPUT``); False for an
+            export without an input check (its card says so).
 
     Returns:
         an uncompiled model with the outputs {"probabilities", "class_maps"} (and
-        "lesion" where ``model`` has it) sharing ``model``'s layers.
+        "features" unless ``features`` is False, "lesion" where ``model`` has it) sharing
+        ``model``'s layers.
     """
-    features = model.get_layer("avg_pool").input
+    pooled = model.get_layer(FEATURES_LAYER)
     kernel = keras.ops.convert_to_numpy(model.get_layer("probabilities").kernel)  # (channels, classes)
     cam = layers.Conv2D(kernel.shape[1], 1, use_bias=False, name=CAM_OUTPUT, dtype="float32")
-    maps = cam(features)
+    maps = cam(pooled.input)
     cam.set_weights([kernel.reshape(1, 1, *kernel.shape)])
     outputs = {"probabilities": model.get_layer("probabilities").output, CAM_OUTPUT: maps}
+    if features:
+        outputs[FEATURES_OUTPUT] = pooled.output
     if has_lesion(model):
         outputs[LESION_OUTPUT] = model.get_layer(LESION_OUTPUT).output
     return keras.Model(model.inputs, outputs, name=f"{model.name}_explain")

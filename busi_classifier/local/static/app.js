@@ -1,6 +1,7 @@
 // The classifier page: reads an image, POSTs it as base64 JSON to <API>/predict with
 // "explain": true (and "segment": true where /health says the model has a lesion map),
-// shows the class, the probabilities, the heat map and the lesion outline. No dependencies.
+// shows the class, the probabilities, the heat map and the lesion outline, and a warning
+// above the class where the answer's input_check flagged the image. No dependencies.
 // API: the page's own origin, or ?api=https://...; ?key=... is sent as x-api-key.
 "use strict";
 
@@ -25,6 +26,7 @@
   let classes = null; // from /health
   let explainAvailable = null; // true/false from /health; null: not known
   let segmentAvailable = false; // /health's model.segment; asked only where it is true
+  let checkFlagRate = null; // /health's model.input_check.flag_rate: the share of genuine scans flagged
   let imageBytes = DEFAULT_IMAGE_BYTES; // the API's limit on the image (limits.image_bytes of /health)
   let current = 0; // the latest request; older answers are dropped
   let pictureUrl = null;
@@ -108,6 +110,19 @@
       : known ? "not available for this model" : "not known (the page does not ask for it)";
   }
 
+  // /health's model.input_check: whether the answers say if an image looks like the training images
+  function showInputCheckNote(model) {
+    const check = model && typeof model === "object" ? model.input_check : null;
+    let text = "not known";
+    checkFlagRate = check && typeof check === "object" && typeof check.flag_rate === "number" ? check.flag_rate : null;
+    if (check && typeof check === "object" && typeof check.available === "boolean") {
+      text = !check.available ? "not available for this model"
+        : check.action === "refuse" ? "on: the API refuses images unlike the training images"
+        : "on: images unlike the training images are flagged";
+    }
+    $("input-check-available").textContent = text;
+  }
+
   function showExplainNote() {
     $("explain-available").textContent = explainAvailable === true ? "available (the page asks for it)"
       : explainAvailable === false ? "not available for this model" : "not known (the page asks for it)";
@@ -140,6 +155,7 @@
         imageBytes = limits.image_bytes;
       }
       showExplainNote();
+      showInputCheckNote(model);
       showModelSummary(res.body.model);
       setState("idle", "Ready: drop or choose an image.");
     } catch (error) {
@@ -219,7 +235,28 @@
     return typeof p === "number" && isFinite(p) ? (p * 100).toFixed(1) + " %" : "?";
   }
 
+  // The warning above the class: shown exactly when the answer's input_check says in_distribution false
+  function showInputCheck(answer) {
+    const check = answer.input_check;
+    const flagged = Boolean(check && typeof check === "object" && check.in_distribution === false);
+    const warning = $("ood-warning");
+    warning.hidden = !flagged;
+    $("result").dataset.flagged = String(flagged);
+    if (!flagged) {
+      $("ood-detail").textContent = "";
+      return;
+    }
+    const score = typeof check.score === "number" && isFinite(check.score) ? check.score.toFixed(1) : null;
+    const threshold = typeof check.threshold === "number" && isFinite(check.threshold) ? check.threshold.toFixed(1) : "?";
+    const rate = checkFlagRate === null ? ""
+      : ` (set so that ${(checkFlagRate * 100).toFixed(0)} % of genuine scans are flagged: it can be wrong)`;
+    $("ood-detail").textContent = score === null
+      ? "Its input-check score could not be computed."
+      : `Its input-check score is ${score}, above the threshold of ${threshold}${rate}.`;
+  }
+
   function showAnswer(answer) {
+    showInputCheck(answer);
     $("prediction").textContent = String(answer.prediction);
     const probabilities = answer.probabilities;
     const names = Object.keys(probabilities);
