@@ -26,7 +26,7 @@ from busi_classifier.serving.events import direct_event, http_v2_event, rest_v1_
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not RIE.is_file(), reason=RIE_MISSING)]
 EVENTS = ROOT / "events"
-TIMEOUT_S = 1  # AWS_LAMBDA_FUNCTION_TIMEOUT of the timeout test
+TIMEOUT_S = 3  # AWS_LAMBDA_FUNCTION_TIMEOUT of the timeout test: init (model and input-check load) plus one answer fit in it on a loaded machine
 
 
 @pytest.fixture(scope="session")

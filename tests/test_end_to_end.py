@@ -153,7 +153,7 @@ def test_handler_applies_the_temperature_of_model_json(trained_model, synthetic_
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    for name in ("model.tflite", "model.json"):
+    for name in ("model.tflite", "model.json", "input_check.npz"):
         shutil.copy(trained_model / name, model_dir / name)
     meta = json.loads((model_dir / "model.json").read_text())
     meta["calibration"] = {"method": "temperature scaling", "temperature": 2.5}
