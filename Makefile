@@ -32,8 +32,9 @@ demo: setup
 		--image-size 96 --epochs-head 12 --epochs-fine-tune 0 --batch-size 16
 	$(BIN)/python -m busi_classifier invoke --model $(DEMO_OUT) --data $(DEMO_DATA) --per-class 2
 
-# Two workers (pytest-xdist): on the 2-core development machine, idle, the 1,049 tests took 16 min 03 s
-# (the stop before: 709 tests, 10 min 13 s; one process, 663 tests: 19 min 57 s). TEST_WORKERS=0: one process.
+# Two workers (pytest-xdist): on the 2-core development machine the 1,417 tests took 29 min 31 s with a
+# training run beside them at nice 19 (CI, alone on such a machine: 19 min 34 s for the 1,330 of the stop
+# before). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: dev
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
