@@ -28,3 +28,9 @@ def test_notebook_executes_on_synthetic_data(synthetic_dir, trained_model, tmp_p
     assert (tmp_path / "figures" / "audit_threshold_pairs.png").is_file()
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 9  # 7 audit figures, the split, the results
+    tables = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    # the session model is a multitask model with an input check: its sections are filled
+    assert "Dice, all lesion images" in tables, "the lesion section did not read the run's segmentation metrics"
+    assert "flagged at the threshold" in tables and "masks" in tables, "the input-check section has no per-set table"
+    assert "test images wrong" in text, "the worked examples did not run the served model on the test split"
+    assert "| image | true | predicted |" in tables
