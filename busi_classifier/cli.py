@@ -396,6 +396,9 @@ def crossval_main(argv=None) -> int:
     p.add_argument("--compare-tasks", action="store_true",
                    help="cross-validate --task classify and --task multitask with the same folds, seeds and "
                         "settings (OUT/classify, OUT/multitask) and write the paired comparison to OUT/compare.md")
+    p.add_argument("--resume", action="store_true",
+                   help="keep every fold that an earlier run into the same OUT finished with exactly these settings "
+                        "(its model.json, metrics.json and model.tflite are there) and train only the others")
     add_output_options(p)
     p.set_defaults(folds=5, out_dir="artifacts/crossval")
     args = p.parse_args(argv)
@@ -416,9 +419,11 @@ def crossval_main(argv=None) -> int:
         if args.compare_tasks:
             from busi_classifier.training.crossval import compare_markdown, compare_tasks
 
-            comparison = compare_tasks(config, command, progress=show_progress(args), verbose=args.verbose)
+            comparison = compare_tasks(config, command, progress=show_progress(args), verbose=args.verbose,
+                                       resume=args.resume)
         else:
-            result = cross_validate(config, command, progress=show_progress(args), verbose=args.verbose)
+            result = cross_validate(config, command, progress=show_progress(args), verbose=args.verbose,
+                                    resume=args.resume)
     except (DatasetError, WeightsError, ConfigError) as exc:
         return _error(exc)
     if args.compare_tasks:

@@ -80,3 +80,39 @@ def test_compare_tasks_runs_both_tasks_on_the_same_folds_and_reports_the_paired_
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| macro-F1 |" in table and "+0.010 ± 0.017" in table and "2 of 3" in table
     assert "does not help macro-F1 consistently" in table
+
+
+def test_resume_keeps_the_folds_finished_with_the_same_settings_and_trains_the_rest(tmp_path, capsys):
+    config = TrainConfig(data_dir="d", out_dir=str(tmp_path / "cv"), folds=3, weights="none", image_size=32)
+    trained = []
+
+    def train(fold_config, progress, verbose):
+        trained.append(fold_config.fold)
+        meta = {**fake_meta(fold_config.fold), "training": fold_config.to_dict()}
+        out = Path(fold_config.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.json").write_text(json.dumps(meta))
+        (out / "metrics.json").write_text("{}")
+        (out / "model.tflite").write_bytes(b"TFL3")
+        return meta
+
+    first = crossval.cross_validate(config, "cmd", progress=False, train=train)
+    assert trained == [0, 1, 2]
+    # fold 1 was stopped inside (no metrics.json); fold 2 was trained with other settings
+    (tmp_path / "cv" / "fold-1" / "metrics.json").unlink()
+    fold2 = tmp_path / "cv" / "fold-2" / "model.json"
+    fold2.write_text(json.dumps({**json.loads(fold2.read_text()),
+                                 "training": {**config.to_dict(), "epochs_head": 99}}))
+    trained.clear()
+    again = crossval.cross_validate(config, "cmd", progress=False, train=train, resume=True)
+    assert trained == [1, 2]
+    out = capsys.readouterr().out
+    assert out.count("finished by an earlier run with the same settings, kept") == 1  # fold 0 only
+    assert again["served"] == first["served"]
+    trained.clear()
+    crossval.cross_validate(config, "cmd", progress=False, train=train)  # without resume: every fold again
+    assert trained == [0, 1, 2]
+    trained.clear()
+    crossval.compare_tasks(config, "cmd", progress=False, train=train)
+    crossval.compare_tasks(config, "cmd", progress=False, train=train, resume=True)
+    assert len(trained) == 6  # the second comparison trained nothing

@@ -96,18 +96,51 @@ def markdown(result: dict, config: TrainConfig, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+FINISHED_FILES = ("model.json", "metrics.json", "model.tflite")
+
+
+def finished_fold(fold_config: TrainConfig) -> dict | None:
+    """The model.json of a fold that a run before this one finished with exactly these
+    settings (every field of ``fold_config``, its folder included), or None: no model.json,
+    a file of a finished run missing (the run stopped inside the fold), or other settings."""
+    out = Path(fold_config.out_dir)
+    if not all((out / name).is_file() for name in FINISHED_FILES):
+        return None
+    try:
+        meta = json.loads((out / "model.json").read_text())
+    except (OSError, ValueError):
+        return None
+    # through JSON both ways, so that tuples and lists compare equal
+    if meta.get("training") != json.loads(json.dumps(fold_config.to_dict())):
+        return None
+    return meta
+
+
+def run_fold(fold_config: TrainConfig, train, progress: bool, verbose: bool, resume: bool, label: str) -> dict:
+    """One fold: its finished model.json when ``resume`` finds one, else a training."""
+    if resume:
+        meta = finished_fold(fold_config)
+        if meta is not None:
+            print(f"=== {label} -> {fold_config.out_dir}: finished by an earlier run with the same settings, "
+                  f"kept (model {meta.get('model_version')})", flush=True)
+            return meta
+    print(f"=== {label} -> {fold_config.out_dir}", flush=True)
+    return train(fold_config, progress=progress, verbose=verbose)
+
+
 def cross_validate(config: TrainConfig, command: str, progress: bool = True, verbose: bool = False,
-                   train=None) -> dict:
+                   train=None, resume: bool = False) -> dict:
     """Train every fold, write crossval.json and crossval.md into ``config.out_dir``;
     return crossval.json's content. ``train``: the per-fold training function (the
-    real one by default)."""
+    real one by default). ``resume``: keep the folds an earlier run finished with the
+    same settings (``finished_fold``) and train only the others."""
     if train is None:
         from busi_classifier.training.loop import train
     configs = fold_configs(config)
     runs = []
     for fold_config in configs:
-        print(f"=== fold {fold_config.fold + 1}/{config.folds} -> {fold_config.out_dir}", flush=True)
-        runs.append(train(fold_config, progress=progress, verbose=verbose))
+        runs.append(run_fold(fold_config, train, progress, verbose, resume,
+                             f"fold {fold_config.fold + 1}/{config.folds}"))
     return write_report(config, command, runs)
 
 
@@ -209,12 +242,12 @@ def compare_markdown(comparison: dict, config: TrainConfig, command: str) -> str
 
 
 def compare_tasks(config: TrainConfig, command: str, progress: bool = True, verbose: bool = False,
-                  train=None) -> dict:
+                  train=None, resume: bool = False) -> dict:
     """Cross-validate ``--task classify`` and ``--task multitask`` with otherwise the same
     settings into OUT/classify/fold-K and OUT/multitask/fold-K, fold by fold (both tasks
     of a fold before the next fold), and write OUT/compare.json and OUT/compare.md after
-    each fold: a run stopped early leaves the paired comparison of the folds it finished.
-    Returns compare.json's content."""
+    each fold: a run stopped early leaves the paired comparison of the folds it finished,
+    and the same command with ``resume`` keeps those folds. Returns compare.json's content."""
     if train is None:
         from busi_classifier.training.loop import train
     out = Path(config.out_dir)
@@ -225,8 +258,8 @@ def compare_tasks(config: TrainConfig, command: str, progress: bool = True, verb
     for k in range(config.folds):
         for task in TASK_ORDER:
             fold_config = configs[task][k]
-            print(f"=== fold {k + 1}/{config.folds}, task {task} -> {fold_config.out_dir}", flush=True)
-            runs[task].append(train(fold_config, progress=progress, verbose=verbose))
+            runs[task].append(run_fold(fold_config, train, progress, verbose, resume,
+                                       f"fold {k + 1}/{config.folds}, task {task}"))
         results = {task: write_report(dataclasses.replace(config, task=task, out_dir=str(out / task)),
                                       f"{command} (task {task})", runs[task]) for task in TASK_ORDER}
         comparison = {"command": command, "folds_k": config.folds, "folds_done": k + 1,
