@@ -100,20 +100,10 @@ def with_views(images: np.ndarray, seed: int) -> np.ndarray:
 
 
 def int8_converter(graph, calibration: np.ndarray, per_channel: bool = True):
-    import tensorflow as tf
+    """The export's own int8_full converter (``busi_classifier.export.tflite``)."""
+    from busi_classifier.export.tflite import int8_full_converter
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(graph)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-
-    def samples():
-        for image in calibration:
-            yield [np.asarray(image, dtype=np.float32)[None]]
-
-    converter.representative_dataset = samples
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if not per_channel:
-        converter._experimental_disable_per_channel = True  # noqa: SLF001 (the converter's only switch for it)
-    return converter
+    return int8_full_converter(graph, calibration, per_channel)
 
 
 def probabilities_of(path: Path, size: int, images: np.ndarray) -> tuple[np.ndarray, float]:

@@ -392,3 +392,37 @@ def test_gate_evidence_size_is_train_plus_val_and_their_views(trained_model):
     expected = min(2 * n_fit, GATE_MAX_IMAGES)
     assert all(v["evidence"]["n"] == expected for v in meta["variants"].values())
     assert "no test image" in meta["variant_rule"]["evidence_split"]
+
+
+def test_int8_full_converter_is_the_export_s_and_its_per_channel_switch_changes_the_weight_scales():
+    """The export's int8_full file and benchmarks/quant_debug.py's come from the same
+    converter function; per-channel weight scales (the converter's default) give a
+    convolution's weights one scale per output channel, per_channel=False one in all."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from busi_classifier.export.tflite import convert_to_tflite, int8_full_converter
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import quant_debug
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.Conv2D(8, 3, name="conv")(inputs / 255.0)
+    model = keras.Model(inputs, keras.layers.Softmax()(keras.layers.Dense(3)(
+        keras.layers.GlobalAveragePooling2D()(features))))
+    images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+
+    def conv_weight_scales(data: bytes) -> list[int]:
+        interpreter = Interpreter(model_content=data)
+        return [len(t["quantization_parameters"]["scales"]) for t in interpreter.get_tensor_details()
+                if t["dtype"] == np.int8 and len(t["shape"]) == 4 and t["shape"][0] == 8]
+
+    assert conv_weight_scales(convert_to_tflite(model, "int8_full", images)) == [8]
+    assert conv_weight_scales(quant_debug.int8_converter(model, images).convert()) == [8]
+    assert conv_weight_scales(int8_full_converter(model, images, per_channel=False).convert()) == [1]
+    with pytest.raises(ValueError, match="representative"):
+        int8_full_converter(model, None)
+    with pytest.raises(ValueError, match="unknown variant"):
+        convert_to_tflite(model, "int4")

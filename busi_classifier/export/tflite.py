@@ -57,6 +57,30 @@ def package_versions() -> dict:
     return versions
 
 
+def int8_full_converter(model: keras.Model, representative: np.ndarray | None,
+                        per_channel: bool = True) -> tf.lite.TFLiteConverter:
+    """The converter of the int8_full variant, not yet run: full-integer int8 kernels,
+    activation ranges calibrated on ``representative`` images (uint8 or float, N x H x W x 3,
+    fed one at a time as float32; float32 input and output kept). ``per_channel=False``
+    turns the converter's per-channel weight scales of convolutions off (one scale per
+    tensor; what ``benchmarks/quant_debug.py`` compares). The export and the benchmark both
+    build it here, so what the benchmark measures is what the export writes."""
+    if representative is None or not len(representative):
+        raise ValueError("int8_full needs representative images")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)  # batch dimension fixed to 1
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def samples():
+        for image in representative:
+            yield [np.asarray(image, dtype=np.float32)[None]]
+
+    converter.representative_dataset = samples
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if not per_channel:
+        converter._experimental_disable_per_channel = True  # noqa: SLF001 (the converter's only switch for it)
+    return converter
+
+
 def convert_to_tflite(model: keras.Model, variant: str = "float32", representative: np.ndarray | None = None,
                       verbose: bool = False) -> bytes:
     """TFLite flatbuffer of the Keras model (input: raw RGB 0..255, float32; output:
@@ -68,25 +92,17 @@ def convert_to_tflite(model: keras.Model, variant: str = "float32", representati
     * int8_full: full-integer int8 kernels, activation ranges calibrated on
       ``representative`` images from the training split (float32 input and output kept).
     """
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)  # batch dimension fixed to 1
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    if variant == "int8_full":
+        converter = int8_full_converter(model, representative)
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)  # batch dimension fixed to 1
     if variant == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif variant == "int8_dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif variant == "int8_full":
-        if representative is None or not len(representative):
-            raise ValueError("int8_full needs representative images")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-
-        def samples():
-            for image in representative:
-                yield [np.asarray(image, dtype=np.float32)[None]]
-
-        converter.representative_dataset = samples
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    elif variant != "float32":
-        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     # The converter prints the whole signature (Python stdout) and MLIR notes and warnings
     # (C++, straight to file descriptor 2); keep the console readable unless verbose.
     if verbose:
