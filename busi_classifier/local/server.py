@@ -555,10 +555,10 @@ def serve_main(argv=None) -> int:
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"serving {settings.model_path} ({handler.predictor.variant}) on {server.url} (the page: open "
-          f"{server.url}/ in a browser; POST /predict, GET /health; {args.event_format} events); Ctrl-C stops",
-          file=sys.stderr, flush=True)
-    try:
+    try:  # a Ctrl-C as soon as the line is out (a script that waits for it) stops as quietly as later
+        print(f"serving {settings.model_path} ({handler.predictor.variant}) on {server.url} (the page: open "
+              f"{server.url}/ in a browser; POST /predict, GET /health; {args.event_format} events); Ctrl-C stops",
+              file=sys.stderr, flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
