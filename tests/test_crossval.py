@@ -3,6 +3,7 @@ the mean and spread of the served model's test metrics. The folds' training is t
 `train` in the slow path of other tests; here a recording stand-in checks what each fold
 is asked to do and that the report is the arithmetic of the folds' model.json."""
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from busi_classifier.cli import main
 from busi_classifier.config import ConfigError, TrainConfig
 from busi_classifier.training import crossval
+from busi_classifier.training.preflight import preflight
 
 
 def fake_meta(k: int) -> dict:
@@ -82,13 +84,16 @@ def test_compare_tasks_runs_both_tasks_on_the_same_folds_and_reports_the_paired_
     assert "does not help macro-F1 consistently" in table
 
 
-def test_resume_keeps_the_folds_finished_with_the_same_settings_and_trains_the_rest(tmp_path, capsys):
-    config = TrainConfig(data_dir="d", out_dir=str(tmp_path / "cv"), folds=3, weights="none", image_size=32)
+def test_resume_keeps_the_folds_finished_with_the_same_settings_and_trains_the_rest(tmp_path, capsys,
+                                                                                      synthetic_dir):
+    config = TrainConfig(data_dir=str(synthetic_dir), out_dir=str(tmp_path / "cv"), folds=3, weights="none",
+                         image_size=32)
     trained = []
 
     def train(fold_config, progress, verbose):
         trained.append(fold_config.fold)
-        meta = {**fake_meta(fold_config.fold), "training": fold_config.to_dict()}
+        # what the real training records: the settings after preflight (task and feature caching decided)
+        meta = {**fake_meta(fold_config.fold), "training": preflight(fold_config)[1].to_dict()}
         out = Path(fold_config.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.json").write_text(json.dumps(meta))
@@ -102,7 +107,7 @@ def test_resume_keeps_the_folds_finished_with_the_same_settings_and_trains_the_r
     (tmp_path / "cv" / "fold-1" / "metrics.json").unlink()
     fold2 = tmp_path / "cv" / "fold-2" / "model.json"
     fold2.write_text(json.dumps({**json.loads(fold2.read_text()),
-                                 "training": {**config.to_dict(), "epochs_head": 99}}))
+                                 "training": {**json.loads(fold2.read_text())["training"], "epochs_head": 99}}))
     trained.clear()
     again = crossval.cross_validate(config, "cmd", progress=False, train=train, resume=True)
     assert trained == [1, 2]
@@ -116,3 +121,20 @@ def test_resume_keeps_the_folds_finished_with_the_same_settings_and_trains_the_r
     crossval.compare_tasks(config, "cmd", progress=False, train=train)
     crossval.compare_tasks(config, "cmd", progress=False, train=train, resume=True)
     assert len(trained) == 6  # the second comparison trained nothing
+
+
+def test_resume_recognises_a_folder_the_real_training_wrote(trained_model, synthetic_dir):
+    """The session model was trained by train.py itself: a fold config with its settings
+    finds it finished (the recorded settings are the preflight-resolved ones, e.g. the
+    feature caching decided), and the same config with one setting changed does not."""
+    from conftest import TRAINED_MODEL_ARGS
+
+    from busi_classifier.cli import config_from_args, train_parser
+
+    args = train_parser().parse_args(["--data", str(synthetic_dir), "--out", str(trained_model), *TRAINED_MODEL_ARGS])
+    config = config_from_args(args)
+    assert config.task is None and config.cache_features is None  # decided by preflight, recorded decided
+    meta = crossval.finished_fold(config)
+    assert meta is not None and meta["model_version"] == json.loads((trained_model / "model.json").read_text())[
+        "model_version"]
+    assert crossval.finished_fold(dataclasses.replace(config, epochs_head=config.epochs_head + 1)) is None

@@ -9,12 +9,16 @@ model's beside them, in ``OUT/crossval.json`` and ``OUT/crossval.md``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 from pathlib import Path
 
 from busi_classifier.config import ConfigError, TrainConfig
+from busi_classifier.data.dataset import DatasetError
+from busi_classifier.training.preflight import WeightsError, preflight
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "malignant_auc",
            "malignant_sensitivity_at_90_specificity", "ece")
@@ -110,8 +114,15 @@ def finished_fold(fold_config: TrainConfig) -> dict | None:
         meta = json.loads((out / "model.json").read_text())
     except (OSError, ValueError):
         return None
-    # through JSON both ways, so that tuples and lists compare equal
-    if meta.get("training") != json.loads(json.dumps(fold_config.to_dict())):
+    # the settings as the training records them: after preflight decides the task and
+    # whether phase 1 caches features (a fold run with --task unset records the decided
+    # one); through JSON both ways, so that tuples and lists compare equal
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its "task: classify (no mask files ...)" line
+            _, recorded = preflight(fold_config)
+    except (ConfigError, DatasetError, WeightsError):  # the training itself refuses them, loudly
+        return None
+    if meta.get("training") != json.loads(json.dumps(recorded.to_dict())):
         return None
     return meta
 
